@@ -1,0 +1,100 @@
+"""`clipag models`, `clipag init fit`, `clipag eval`, `clipag bench`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from clipag.attacks import ThreatModel
+from clipag.data import open_dataset, split
+from clipag.device import resolve_device
+from clipag.errors import ClipagError
+from clipag.evaluate import zero_shot
+from clipag.fileio import write_text_atomic
+from clipag.init import fit, images_for_fit
+from clipag.models import PRESETS, cache_dir, load_guide, preset_status
+
+from .common import Command, Number, model_options
+
+out = Console()
+
+
+@click.command(cls=Command)
+def models_cmd():
+    """List model presets, where each comes from, and what is available locally."""
+    table = Table(title=f"clipag model presets (cache: {cache_dir()})")
+    for column in ("name", "arch", "robust", "status", "size", "source", "about"):
+        table.add_column(column, overflow="fold")
+    for preset in PRESETS.values():
+        status, size = preset_status(preset)
+        table.add_row(preset.name, preset.arch, "yes" if preset.robust else "no", status,
+                      f"{size / 2**20:.1f} MB" if size else "-", preset.source, preset.about)
+    out.print(table)
+
+
+@click.group()
+def init():
+    """Initializers for generation."""
+
+
+@init.command("fit", cls=Command)
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False))
+@click.option("--resolution", type=int, default=16, show_default=True)
+@click.option("--components", type=int, default=16, show_default=True)
+@click.option("--rank", type=int, default=16, show_default=True)
+@click.option("--crops-per-image", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+def init_fit(folder, output, resolution, components, rank, crops_per_image, seed, overwrite):
+    """Fit a compact Gaussian mixture over FOLDER's images at low resolution."""
+    if Path(output).exists() and not overwrite:
+        raise ClipagError(f"{output} exists; pass --overwrite to replace it")
+    if resolution < 2 or components < 1 or rank < 1:
+        raise ClipagError("--resolution >= 2, --components >= 1 and --rank >= 1 please")
+    images, skipped = images_for_fit(folder, resolution, crops_per_image, seed)
+    mixture = fit(images, components=components, rank=rank, seed=seed)
+    path = mixture.save(output)
+    click.echo(f"{path}: {mixture.components} components fitted on {len(images)} images "
+               f"({skipped} unreadable skipped), {path.stat().st_size / 1024:.0f} KB")
+
+
+@click.command(cls=Command)
+@click.argument("data")
+@model_options()
+@click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
+@click.option("--eps", type=Number(), default=1.0, show_default=True, help="0 = clean only")
+@click.option("--attack-steps", type=int, default=10, show_default=True)
+@click.option("--attack-step-size", type=Number(), default=None)
+@click.option("--template", default="a photo of a {}", show_default=True)
+@click.option("--holdout", type=float, default=0.0, show_default=True,
+              help="evaluate only the held-out split of this fraction")
+@click.option("--limit", type=int, default=None, help="at most this many images")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also save as JSON")
+def eval_cmd(data, spec, device, norm, eps, attack_steps, attack_step_size, template, holdout,
+             limit, json_path):
+    """Zero-shot accuracy, clean and under PGD, on a labelled class-folder DATA."""
+    dataset = split(open_dataset(data, template), holdout, "eval")
+    guide = load_guide(spec, resolve_device(device))
+    threat = ThreatModel(norm, eps, attack_steps, attack_step_size, True)
+    result = zero_shot(guide, dataset, threat, limit=limit)
+    table = Table(title=f"zero-shot accuracy of {guide.name} on {data}")
+    for column in ("images", "classes", "clean", f"robust ({norm} eps {eps:g})"):
+        table.add_column(column)
+    robust = "-" if result.robust_accuracy is None else f"{result.robust_accuracy:.3f}"
+    table.add_row(str(result.images), str(len(dataset.classes)), f"{result.clean_accuracy:.3f}",
+                  robust)
+    out.print(table)
+    if json_path:
+        payload = {"model": guide.name, "data": data, **dataclasses.asdict(result)}
+        write_text_atomic(json_path, json.dumps(payload, indent=2) + "\n")
+
+
+@click.group()
+def bench():
+    """Benchmarks (see also `make bench`)."""

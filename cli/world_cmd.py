@@ -1,0 +1,28 @@
+"""`clipag world ...`: the procedural captioned world."""
+
+from __future__ import annotations
+
+import click
+
+from clipag import world as world_lib
+
+from .common import Command
+
+
+@click.group()
+def world():
+    """The procedural world of captioned shapes and digits."""
+
+
+@world.command("export", cls=Command)
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--n", "count", type=int, default=20000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=int, default=64, show_default=True)
+@click.option("--layout", type=click.Choice(["captions", "classes", "shards"]), default="captions",
+              show_default=True)
+@click.option("--digit-fraction", type=float, default=0.1, show_default=True)
+def export(out, count, seed, size, layout, digit_fraction):
+    """Write COUNT world images in a layout `clipag robustify` reads."""
+    config = world_lib.WorldConfig(seed=seed, size=size, digit_fraction=digit_fraction)
+    click.echo(str(world_lib.export(out, count, config, layout)))

@@ -1,0 +1,89 @@
+"""Differentiable views of the images being optimised, built on the device as one batch.
+
+Each step makes `global_views` views of the whole image and `patch_views` random crops
+(a side of `patch_fraction` of the image) resized to the model's input; every view then gets
+pixel noise, DiffAugment-style colour jitter (brightness shift, saturation and contrast
+scale), a random translation and resize (kornia), and a cutout square (kornia).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import kornia.augmentation as K
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    global_views: int = 32
+    patch_views: int = 32
+    patch_fraction: float = 128 / 224
+    noise: float = 0.01
+    brightness: float = 0.5  # shift U(-b, b)
+    saturation: tuple[float, float] = (0.0, 2.0)
+    contrast: tuple[float, float] = (0.5, 1.5)
+    translate: float = 0.125
+    scale: tuple[float, float] = (0.8, 1.2)
+    cutout: float = 0.5  # side of the cutout square as a fraction of the view
+
+
+def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(n, 1, 1, 1, device=like.device, dtype=like.dtype).uniform_(low, high)
+
+
+def color_jitter(x: torch.Tensor, cfg: ViewConfig) -> torch.Tensor:
+    """Brightness shift, then saturation and contrast scales around the mean (no clamping,
+    so gradients flow everywhere)."""
+    n = x.shape[0]
+    if cfg.brightness:
+        x = x + _uniform(n, -cfg.brightness, cfg.brightness, x)
+    if cfg.saturation != (1.0, 1.0):
+        gray = x.mean(dim=1, keepdim=True)
+        x = (x - gray) * _uniform(n, *cfg.saturation, x) + gray
+    if cfg.contrast != (1.0, 1.0):
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * _uniform(n, *cfg.contrast, x) + mean
+    return x
+
+
+class Views(torch.nn.Module):
+    """images (B, 3, H, W) -> (global views (B*G, 3, s, s), patch views (B*P, 3, s, s)),
+    ordered image by image."""
+
+    def __init__(self, size: int, cfg: ViewConfig):
+        super().__init__()
+        self.size, self.cfg = size, cfg
+        side = cfg.patch_fraction
+        self.crop = K.RandomResizedCrop((size, size), scale=(side * side, side * side),
+                                        ratio=(1.0, 1.0), p=1.0)
+        self.geometry = K.RandomAffine(degrees=0.0, translate=(cfg.translate, cfg.translate),
+                                       scale=cfg.scale, padding_mode="zeros", p=1.0)
+        area = cfg.cutout * cfg.cutout
+        self.cutout = K.RandomErasing(scale=(area, area), ratio=(1.0, 1.0), value=0.0, p=1.0)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.noise:
+            x = x + self.cfg.noise * torch.randn_like(x)
+        x = color_jitter(x, self.cfg)
+        if self.cfg.translate or self.cfg.scale != (1.0, 1.0):
+            x = self.geometry(x)
+        if self.cfg.cutout:
+            x = self.cutout(x)
+        return x
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        whole = images
+        if images.shape[-1] != self.size or images.shape[-2] != self.size:
+            whole = F.interpolate(images, size=(self.size, self.size), mode="bilinear",
+                                  align_corners=False, antialias=True)
+        views = []
+        if cfg.global_views:
+            views.append(whole.repeat_interleave(cfg.global_views, dim=0))
+        if cfg.patch_views:
+            views.append(self.crop(images.repeat_interleave(cfg.patch_views, dim=0)))
+        batch = self._augment(torch.cat(views)) if views else images[:0]
+        n_global = images.shape[0] * cfg.global_views
+        return batch[:n_global], batch[n_global:]

@@ -1,0 +1,319 @@
+"""Image-text data for training and evaluation.
+
+Layouts read by `open_dataset`:
+- a folder with a `captions.csv` (columns `file,caption`) or `captions.jsonl`
+  (`{"file": ..., "caption": ...}`) manifest;
+- a folder of images with a sidecar `.txt` caption each (`a.png` + `a.txt`);
+- a class-folder layout (`class_name/*.jpg`, captioned with a template such as
+  "a photo of a {}");
+- WebDataset-style tar shards (`key.jpg` + `key.txt`): a `.tar` file, a folder of them, or a
+  glob; streamed, never held whole in memory.
+Corrupt or unreadable images are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ClipagError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+DEFAULT_TEMPLATE = "a photo of a {}"
+
+
+def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB float tensor (3, size, size) in [0, 1]: shorter side resized, centre crop."""
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                             Image.BICUBIC)
+        w, h = image.size
+        left, top = (w - size) // 2, (h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    array = np.asarray(image, dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+def decode_image(data: bytes | str | Path, size: int) -> torch.Tensor | None:
+    """Decode bytes or a path; None when the image is corrupt or unreadable."""
+    try:
+        source = io.BytesIO(data) if isinstance(data, bytes) else data
+        with Image.open(source) as image:
+            image.load()
+            return image_to_tensor(image, size)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+@dataclass
+class Record:
+    key: str
+    caption: str
+    label: int = -1
+    path: Path | None = None
+
+
+@dataclass
+class Dataset:
+    """A list of records (map-style) or tar shards (streamed)."""
+
+    root: str
+    records: list[Record] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    template: str = DEFAULT_TEMPLATE
+
+    @property
+    def streamed(self) -> bool:
+        return bool(self.shards)
+
+    def __len__(self) -> int:
+        if self.streamed:
+            raise TypeError("a streamed dataset has no length")
+        return len(self.records)
+
+    def fingerprint(self) -> str:
+        """A short hash of what the dataset holds (keys and captions, or shard names/sizes)."""
+        h = hashlib.sha256()
+        if self.streamed:
+            for shard in self.shards:
+                h.update(f"{shard.name}:{shard.stat().st_size}\n".encode())
+        else:
+            for record in self.records:
+                h.update(f"{record.key}\t{record.caption}\n".encode())
+        return h.hexdigest()[:16]
+
+    def class_prompts(self) -> list[str]:
+        return [self.template.format(name.replace("_", " ")) for name in self.classes]
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def _manifest(root: Path) -> list[Record]:
+    records = []
+    if (root / "captions.csv").is_file():
+        with open(root / "captions.csv", newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"file", "caption"} <= set(reader.fieldnames):
+                raise ClipagError(f"{root / 'captions.csv'}: needs the columns file,caption")
+            rows = list(reader)
+    else:
+        rows = []
+        for n, line in enumerate((root / "captions.jsonl").read_text("utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    raise ClipagError(f"{root / 'captions.jsonl'}:{n}: not valid JSON") from None
+    for row in rows:
+        if not row.get("file") or row.get("caption") is None:
+            raise ClipagError(f"{root}: manifest row without file or caption: {row}")
+        records.append(Record(row["file"], str(row["caption"]), path=root / row["file"]))
+    return records
+
+
+def _shards(spec: str) -> list[Path]:
+    path = Path(spec)
+    if path.is_dir():
+        return sorted(path.glob("*.tar"))
+    if path.is_file() and path.suffix == ".tar":
+        return [path]
+    return sorted(Path(p) for p in glob.glob(spec) if p.endswith(".tar"))
+
+
+def open_dataset(spec: str | Path, template: str = DEFAULT_TEMPLATE) -> Dataset:
+    """Detect the layout of `spec` and index it (see the module docstring)."""
+    spec = str(spec)
+    root = Path(spec)
+    shards = _shards(spec)
+    if shards:
+        return Dataset(spec, shards=shards)
+    if not root.is_dir():
+        raise ClipagError(f"no dataset at {spec}: expected a folder or .tar shards")
+    if (root / "captions.csv").is_file() or (root / "captions.jsonl").is_file():
+        records = _manifest(root)
+        layout = "manifest"
+    else:
+        images = _images_in(root)
+        if images:
+            records = []
+            for image in images:
+                txt = image.with_suffix(".txt")
+                if txt.is_file():
+                    records.append(Record(image.name, txt.read_text("utf-8").strip(), path=image))
+            if not records:
+                raise ClipagError(f"{root}: images but no captions (add a .txt beside each "
+                                  "image, or a captions.csv)")
+            layout = "captions"
+        else:
+            classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _images_in(d))
+            records = [Record(f"{name}/{image.name}", template.format(name.replace("_", " ")),
+                              label, image)
+                       for label, name in enumerate(classes) for image in _images_in(root / name)]
+            if not records:
+                raise ClipagError(f"{root}: no images found (captioned folder, manifest, class "
+                                  "folders or .tar shards)")
+            return Dataset(spec, records, classes=classes, template=template)
+    if not records:
+        raise ClipagError(f"{root}: the {layout} dataset is empty")
+    return Dataset(spec, records, template=template)
+
+
+def in_holdout(key: str, fraction: float) -> bool:
+    """A stable split by key hash: the same key is always on the same side."""
+    digest = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return digest / 0xFFFFFFFF < fraction
+
+
+def split(dataset: Dataset, holdout: float, part: str) -> Dataset:
+    """The `train` or `eval` part of a map-style dataset (streamed sets split on the fly)."""
+    if holdout <= 0 or dataset.streamed:
+        return dataset
+    keep = [r for r in dataset.records if in_holdout(r.key, holdout) == (part == "eval")]
+    if not keep:
+        raise ClipagError(f"the {part} split of {dataset.root} is empty (holdout={holdout})")
+    return Dataset(dataset.root, keep, classes=dataset.classes, template=dataset.template)
+
+
+@dataclass
+class Stats:
+    skipped: int = 0
+
+
+class BatchStream:
+    """Deterministic batches: step s's batch depends only on (seed, position), so a run can
+    resume exactly from a saved `position`. With `world` > 1, rank r keeps items r::world of
+    each global batch."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, image_size: int, seed: int = 0,
+                 position: int = 0, rank: int = 0, world: int = 1, holdout: float = 0.0,
+                 cache: bool = True):
+        if batch_size % world:
+            raise ClipagError(f"batch size {batch_size} is not divisible by {world} processes")
+        self.dataset, self.batch_size, self.size = dataset, batch_size, image_size
+        self.seed, self.position, self.rank, self.world = seed, position, rank, world
+        self.holdout = holdout
+        self.stats = Stats()
+        self._cache: dict[int, torch.Tensor | None] | None = {} if cache else None
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.dataset), generator=g)
+
+    def _map_items(self) -> Iterator[tuple[int, Record]]:
+        n = len(self.dataset)
+        epoch, offset = divmod(self.position, n)
+        while True:
+            order = self._order(epoch).tolist()
+            for i in order[offset:]:
+                yield i, self.dataset.records[i]
+            epoch, offset = epoch + 1, 0
+
+    def _load(self, index: int, record: Record) -> torch.Tensor | None:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        image = decode_image(record.path, self.size)
+        if self._cache is not None:
+            self._cache[index] = None if image is None else (image * 255).to(torch.uint8)
+            return self._cache[index]
+        return image
+
+    def _stream_items(self) -> Iterator[tuple[int, Record, bytes]]:
+        count = 0
+        while True:
+            seen_any = False
+            for shard in self.dataset.shards:
+                for key, caption, data in iter_shard(shard):
+                    if self.holdout and in_holdout(key, self.holdout):
+                        continue
+                    seen_any = True
+                    if count >= self.position:
+                        yield count, Record(key, caption), data
+                    count += 1
+            if not seen_any:
+                raise ClipagError(f"{self.dataset.root}: the shards hold no image-caption pairs")
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str], torch.Tensor]]:
+        """Yield (images in [0, 1], captions, labels) for this rank, forever."""
+        items = self._stream_items() if self.dataset.streamed else self._map_items()
+        while True:
+            chunk = [next(items) for _ in range(self.batch_size)]
+            self.position += self.batch_size
+            images, captions, labels = [], [], []
+            for item in chunk[self.rank::self.world]:
+                if self.dataset.streamed:
+                    _, record, data = item
+                    image = decode_image(data, self.size)
+                else:
+                    index, record = item
+                    image = self._load(index, record)
+                if image is None:
+                    self.stats.skipped += 1
+                    continue
+                images.append(image.float() / 255 if image.dtype == torch.uint8 else image)
+                captions.append(record.caption)
+                labels.append(record.label)
+            if images:
+                yield torch.stack(images), captions, torch.tensor(labels)
+
+
+def iter_shard(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(key, caption, image bytes) from one WebDataset-style tar, in file order."""
+    pending: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition(".")
+                fh = tar.extractfile(member)
+                if fh is None:
+                    continue
+                entry = pending.setdefault(key, {})
+                entry["." + ext.lower()] = fh.read()
+                image = next((entry[e] for e in entry if e in IMAGE_EXTS), None)
+                if image is not None and ".txt" in entry:
+                    del pending[key]
+                    yield key, entry[".txt"].decode("utf-8", "replace").strip(), image
+    except tarfile.TarError as exc:
+        raise ClipagError(f"bad tar shard {path}: {exc}") from None
+
+
+def load_all(dataset: Dataset, image_size: int, limit: int | None = None
+             ) -> tuple[torch.Tensor, list[str], torch.Tensor, int]:
+    """Every readable image of a (small) dataset in file order: images, captions, labels,
+    and how many were skipped as unreadable."""
+    images, captions, labels, skipped = [], [], [], 0
+    if dataset.streamed:
+        source = ((Record(k, c), d) for shard in dataset.shards for k, c, d in iter_shard(shard))
+    else:
+        source = ((r, r.path) for r in dataset.records)
+    for record, data in source:
+        if limit is not None and len(images) >= limit:
+            break
+        image = decode_image(data, image_size)
+        if image is None:
+            skipped += 1
+            continue
+        images.append(image)
+        captions.append(record.caption)
+        labels.append(record.label)
+    if not images:
+        raise ClipagError(f"{dataset.root}: no readable images")
+    return torch.stack(images), captions, torch.tensor(labels), skipped

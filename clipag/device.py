@@ -1,0 +1,35 @@
+"""Choosing the compute device, once, from a user's `--device` string."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ClipagError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn `auto`, `cpu`, `cuda` or `cuda:N` into a device that exists, or fail clearly."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ClipagError(f"--device {spec} was asked for but no CUDA device is available "
+                              "(use --device cpu or auto)")
+        index = spec.partition(":")[2]
+        if index:
+            if not index.isdigit():
+                raise ClipagError(f"bad device {spec!r}: expected cuda:N with N a number")
+            if int(index) >= torch.cuda.device_count():
+                raise ClipagError(f"--device {spec}: only {torch.cuda.device_count()} CUDA "
+                                  "device(s) present")
+        return torch.device(spec)
+    raise ClipagError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
+
+
+def autocast(device: torch.device):
+    """fp16 autocast on CUDA, a no-op context elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16,
+                          enabled=device.type == "cuda")

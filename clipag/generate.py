@@ -1,0 +1,195 @@
+"""The CLIPAG generator: optimise pixels so that many augmented views of the image match the
+prompt under a (robust) CLIP.
+
+All views of all images in a batch go through the model as one batch; text embeddings are
+computed once; the step loop makes no host-device sync except when logging or saving frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .augment import ViewConfig, Views
+from .device import autocast
+from .errors import ClipagError
+from .init import GaussianMixture, best_of, from_image, noise, upsample
+from .models import Guide
+from .prompts import WeightedPrompt
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    size: int | None = None  # output side; default: the model's input size
+    steps: int = 100
+    lr: float = 0.0175
+    weight_decay: float = 0.0
+    grad_clip: float = 0.001  # per-image gradient-norm clip (0 = off)
+    global_weight: float = 1.0
+    patch_weight: float = 5.0
+    threshold: float = 0.95  # dynamic-thresholding percentile; 0 = plain clamp to [0, 1]
+    views: ViewConfig = field(default_factory=ViewConfig)
+    init: str = "gmm"  # "gmm", "noise", or a path to a mixture .safetensors
+    init_image: str | None = None
+    init_candidates: int = 1000
+    save_every: int = 0
+    log_every: int = 10
+    amp: bool = True
+
+    def validate(self, guide: Guide) -> int:
+        """Check the settings against the model; return the output side."""
+        size = self.size or guide.image_size
+        if size < 8 or size > 4096:
+            raise ClipagError(f"impossible size {size}: use 8..4096 pixels")
+        if self.views.patch_views and size * self.views.patch_fraction < 4:
+            raise ClipagError(f"size {size} is too small for patch views")
+        if self.steps < 1:
+            raise ClipagError("--steps must be >= 1")
+        if self.lr <= 0:
+            raise ClipagError("--lr must be > 0")
+        if self.views.global_views + self.views.patch_views < 1:
+            raise ClipagError("at least one view is needed (--views or --patch-views)")
+        if not 0 <= self.threshold < 1:
+            raise ClipagError("--threshold must be in [0, 1)")
+        if self.init_candidates < 1:
+            raise ClipagError("--init-candidates must be >= 1")
+        return size
+
+
+@dataclass
+class Targets:
+    """Per image, K weighted text embeddings (padded with weight 0)."""
+
+    texts: torch.Tensor  # (B, K, D)
+    weights: torch.Tensor  # (B, K)
+
+
+def encode_targets(guide: Guide, prompts: list[list[WeightedPrompt]]) -> Targets:
+    """Encode every distinct text once, in one batch."""
+    unique = sorted({p.text for image in prompts for p in image})
+    with torch.no_grad():
+        table = guide.encode_texts(unique)
+    index = {t: i for i, t in enumerate(unique)}
+    k = max(len(image) for image in prompts)
+    texts = torch.zeros(len(prompts), k, table.shape[1], device=table.device)
+    weights = torch.zeros(len(prompts), k, device=table.device)
+    for b, image in enumerate(prompts):
+        positive = sum(p.weight for p in image if p.weight > 0)
+        for j, p in enumerate(image):
+            texts[b, j] = table[index[p.text]]
+            weights[b, j] = p.weight / positive
+    return Targets(texts, weights)
+
+
+def weighted_distance(embeddings: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """(B, V, D) unit embeddings -> (B,) sum_k w_k * mean_v (1 - cos(view_v, text_k))."""
+    cos = torch.einsum("bvd,bkd->bvk", embeddings, targets.texts)
+    return ((1 - cos).mean(dim=1) * targets.weights).sum(dim=1)
+
+
+def similarity(embeddings: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """(B, D) -> (B,) weighted cosine similarity to the positive prompts."""
+    cos = torch.einsum("bd,bkd->bk", embeddings, targets.texts)
+    positive = targets.weights.clamp_min(0)
+    return (cos * positive).sum(1) / positive.sum(1)
+
+
+def dynamic_threshold(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding on images in [0, 1] (mapped to [-1, 1] and back);
+    p = 0 is a plain clamp."""
+    if not p:
+        return x.clamp(0, 1)
+    y = x * 2 - 1
+    s = torch.quantile(y.abs().flatten(1), p, dim=1).clamp_min(1.0).view(-1, 1, 1, 1)
+    return ((y.clamp(-s, s) / s) + 1) / 2
+
+
+def initial_images(guide: Guide, targets: Targets, config: GenerateConfig, size: int,
+                   seeds: list[int], mixture: GaussianMixture | None) -> torch.Tensor:
+    """One starting image per seed, each drawn from its own seeded generator."""
+    out = []
+    for b, seed in enumerate(seeds):
+        g = torch.Generator().manual_seed(seed)
+        if config.init_image:
+            image = from_image(config.init_image, size)
+        elif config.init == "noise" or mixture is None:
+            image = noise(size, g)
+        else:
+            candidates = mixture.sample(config.init_candidates, g)
+            one = Targets(targets.texts[b:b + 1], targets.weights[b:b + 1])
+
+            def score(chunk: torch.Tensor, one=one) -> torch.Tensor:
+                with torch.no_grad(), autocast(guide.device):
+                    emb = guide.encode_images(upsample(chunk.to(guide.device), guide.image_size))
+                return similarity(emb, Targets(one.texts.expand(len(chunk), -1, -1),
+                                               one.weights.expand(len(chunk), -1)))
+
+            image = upsample(best_of(candidates, score)[None], size)[0]
+        out.append(image)
+    return torch.stack(out).to(guide.device)
+
+
+@dataclass
+class StepInfo:
+    step: int
+    loss: torch.Tensor  # (B,) global-view loss at this step
+    best: torch.Tensor  # (B,)
+
+
+@dataclass
+class Result:
+    images: torch.Tensor  # (B, 3, H, W) the best images seen, in [0, 1], on the CPU
+    best_loss: list[float]
+    score: list[float]  # guide cosine similarity of the best image to its positive prompts
+    frames: list[torch.Tensor]  # (B, 3, H, W) snapshots every `save_every` steps
+
+
+def _clip_per_image(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    norms = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    return grad * (max_norm / (norms + 1e-12)).clamp(max=1.0)
+
+
+def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: GenerateConfig,
+             on_step: Callable[[StepInfo], None] | None = None) -> Result:
+    """Run the pixel optimisation from `start` (B, 3, H, W) in [0, 1]."""
+    device = guide.device
+    guide.model.requires_grad_(False)
+    views = Views(guide.image_size, config.views).to(device)
+    pixels = start.detach().clone().to(device).requires_grad_(True)
+    optimizer = torch.optim.AdamW([pixels], lr=config.lr, weight_decay=config.weight_decay)
+    b = pixels.shape[0]
+    best = pixels.detach().clone()
+    best_loss = torch.full((b,), float("inf"), device=device)
+    frames = []
+    n_global, n_patch = config.views.global_views, config.views.patch_views
+    use_amp = config.amp and device.type == "cuda"
+    for step in range(1, config.steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            global_views, patch_views = views(pixels)
+            emb = guide.encode_images(torch.cat([global_views, patch_views]))
+        emb_g = emb[:b * n_global].view(b, n_global, -1)
+        emb_p = emb[b * n_global:].view(b, n_patch, -1)
+        loss_g = weighted_distance(emb_g, targets) if n_global else torch.zeros(b, device=device)
+        loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
+        loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()
+        loss.backward()
+        if config.grad_clip:
+            pixels.grad = _clip_per_image(pixels.grad, config.grad_clip)
+        tracked = (loss_g if n_global else loss_p).detach()
+        improved = tracked < best_loss
+        best = torch.where(improved.view(-1, 1, 1, 1), pixels.detach(), best)
+        best_loss = torch.minimum(best_loss, tracked)
+        optimizer.step()
+        with torch.no_grad():
+            pixels.copy_(dynamic_threshold(pixels, config.threshold))
+        if config.save_every and step % config.save_every == 0:
+            frames.append(pixels.detach().cpu().clone())
+        if on_step and (step % config.log_every == 0 or step == config.steps):
+            on_step(StepInfo(step, tracked, best_loss))
+    with torch.no_grad():
+        final = upsample(best, guide.image_size) if best.shape[-1] != guide.image_size else best
+        score = similarity(guide.encode_images(final), targets)
+    return Result(best.cpu(), best_loss.tolist(), score.tolist(), frames)

@@ -1,0 +1,178 @@
+"""Starting images: a compact Gaussian mixture over low-resolution images (best-of-N scored
+by the guide), a user's image, or plain noise.
+
+The mixture stores, per component, a weight, a mean, a low-rank factor and a diagonal:
+covariance = F F^T + diag(d). Fitted by k-means then per-cluster PCA, it is a few hundred KB
+where the reference's 200 full covariances took 472 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .data import IMAGE_EXTS, decode_image
+from .errors import ClipagError
+from .fileio import write_atomic
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_GMM = ASSETS / "gmm-photos16.safetensors"
+
+
+@dataclass
+class GaussianMixture:
+    weights: torch.Tensor  # (K,)
+    means: torch.Tensor  # (K, D)
+    factors: torch.Tensor  # (K, D, R)
+    diag: torch.Tensor  # (K, D)
+    resolution: int
+
+    @property
+    def components(self) -> int:
+        return self.weights.shape[0]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`n` images (n, 3, r, r) clamped to [0, 1]."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        rank = self.factors.shape[-1]
+        z = torch.randn(n, rank, 1, generator=generator)
+        eps = torch.randn(n, self.means.shape[1], generator=generator)
+        x = self.means[k] + (self.factors[k] @ z).squeeze(-1) + self.diag[k].sqrt() * eps
+        r = self.resolution
+        return x.view(n, 3, r, r).clamp(0, 1)
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean log-likelihood per image of flattened images (N, D): for checking a fit."""
+        scores = []
+        for k in range(self.components):
+            cov = self.factors[k] @ self.factors[k].t() + torch.diag(self.diag[k])
+            dist = torch.distributions.MultivariateNormal(self.means[k], covariance_matrix=cov)
+            scores.append(dist.log_prob(x) + self.weights[k].log())
+        return torch.logsumexp(torch.stack(scores), 0).mean()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        tensors = {"weights": self.weights, "means": self.means, "factors": self.factors,
+                   "diag": self.diag}
+        meta = {"clipag": json.dumps({"kind": "gmm", "resolution": self.resolution})}
+        tensors = {k: v.contiguous().float() for k, v in tensors.items()}
+        return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GaussianMixture":
+        path = Path(path)
+        if not path.is_file():
+            raise ClipagError(f"initializer file not found: {path}")
+        try:
+            tensors = load_file(str(path))
+            from .checkpoint import read_meta
+
+            meta = read_meta(path) or {}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ClipagError(f"corrupt initializer file {path}: {exc}") from None
+        if meta.get("kind") != "gmm" or set(tensors) != {"weights", "means", "factors", "diag"}:
+            raise ClipagError(f"{path} is not a clipag Gaussian-mixture initializer")
+        return cls(tensors["weights"], tensors["means"], tensors["factors"], tensors["diag"],
+                   int(meta["resolution"]))
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+    """Cluster index per row of `x` (k-means++ seeding, Lloyd iterations)."""
+    n = x.shape[0]
+    centers = x[torch.randint(n, (1,), generator=generator)]
+    for _ in range(1, k):
+        d = torch.cdist(x, centers).min(dim=1).values.pow(2)
+        centers = torch.cat([centers, x[torch.multinomial(d + 1e-12, 1, generator=generator)]])
+    for _ in range(iters):
+        assign = torch.cdist(x, centers).argmin(dim=1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                centers[j] = members.mean(0)
+    return torch.cdist(x, centers).argmin(dim=1)
+
+
+def fit(images: torch.Tensor, components: int = 16, rank: int = 16, seed: int = 0,
+        iters: int = 20, min_var: float = 1e-4) -> GaussianMixture:
+    """Fit a mixture to images (N, 3, r, r) in [0, 1]."""
+    n, _, r, _ = images.shape
+    if n < components * 2:
+        raise ClipagError(f"{n} images are too few for {components} components")
+    x = images.reshape(n, -1).double()
+    g = torch.Generator().manual_seed(seed)
+    assign = kmeans(x, components, iters, g)
+    weights, means, factors, diags = [], [], [], []
+    for j in range(components):
+        members = x[assign == j]
+        if len(members) < 2:
+            continue
+        mean = members.mean(0)
+        centered = members - mean
+        cov = centered.t() @ centered / (len(members) - 1)
+        evals, evecs = torch.linalg.eigh(cov)
+        top = evals.flip(0)[:rank].clamp_min(0)
+        vecs = evecs.flip(1)[:, :rank]
+        factor = vecs * top.sqrt()
+        diag = (cov.diagonal() - (factor * factor).sum(1)).clamp_min(0) + min_var
+        weights.append(len(members) / n)
+        means.append(mean)
+        factors.append(factor)
+        diags.append(diag)
+    return GaussianMixture(torch.tensor(weights).float(), torch.stack(means).float(),
+                           torch.stack(factors).float(), torch.stack(diags).float(), r)
+
+
+def images_for_fit(folder: str | os.PathLike, resolution: int, crops_per_image: int = 1,
+                   seed: int = 0) -> tuple[torch.Tensor, int]:
+    """Every image of `folder` (recursively) at `resolution`, plus random square crops
+    (a quarter to all of the shorter side) when `crops_per_image` > 1; and how many files
+    were unreadable."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise ClipagError(f"no images in {folder}")
+    g = torch.Generator().manual_seed(seed)
+    out, skipped = [], 0
+    for path in files:
+        big = decode_image(path, 256)
+        if big is None:
+            skipped += 1
+            continue
+        out.append(F.interpolate(big[None], size=resolution, mode="area")[0])
+        for _ in range(crops_per_image - 1):
+            side = int(torch.randint(64, 257, (1,), generator=g))
+            top, left = (int(torch.randint(0, 257 - side, (1,), generator=g)) for _ in range(2))
+            crop = big[:, top:top + side, left:left + side]
+            out.append(F.interpolate(crop[None], size=resolution, mode="area")[0])
+    if not out:
+        raise ClipagError(f"no readable images in {folder}")
+    return torch.stack(out), skipped
+
+
+def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def best_of(candidates: torch.Tensor, score: "callable", chunk: int = 256) -> torch.Tensor:
+    """The candidate with the highest score; `score` maps a chunk to one score each."""
+    scores = torch.cat([score(candidates[i:i + chunk]) for i in range(0, len(candidates), chunk)])
+    return candidates[int(scores.argmax().item())]
+
+
+def noise(size: int, generator: torch.Generator) -> torch.Tensor:
+    """Smooth low-frequency noise around mid-grey."""
+    low = torch.rand(1, 3, 8, 8, generator=generator) * 0.4 + 0.3
+    return upsample(low, size)[0]
+
+
+def from_image(path: str | os.PathLike, size: int) -> torch.Tensor:
+    image = decode_image(Path(path), size)
+    if image is None:
+        raise ClipagError(f"cannot read init image {path}")
+    return image

@@ -1,0 +1,314 @@
+"""Adversarial fine-tuning that gives a CLIP perceptually aligned gradients.
+
+Objectives (`TrainConfig.objective`):
+- ``contrastive`` (CLIPAG style): PGD maximises the image-to-text contrastive loss inside the
+  eps-ball; the image tower is trained on the adversarial images with the symmetric CLIP
+  loss; the text tower stays frozen unless ``train_text``.
+- ``tecoa``: cross-entropy over cosine logits against class prompts, on adversarial images.
+- ``fare``: unsupervised; || f(x_adv) - f_orig(x) ||^2 against a frozen copy of the
+  original image encoder.
+``eps = 0`` is plain fine-tuning with the same loop (and, from ``pretrained none``, training
+from scratch). Under ``torchrun`` each process takes its share of every global batch and the
+gradients are averaged with all-reduce, so N processes follow one process's trajectory.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .attacks import CosineLogits, ThreatModel, attack_logits, pgd
+from .checkpoint import save_checkpoint
+from .data import BatchStream, Dataset, open_dataset, split
+from .device import autocast
+from .errors import ClipagError
+from .fileio import atomic_path
+from .models import Guide, ModelSpec, load_guide
+
+OBJECTIVES = ("contrastive", "tecoa", "fare")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    objective: str = "contrastive"
+    threat: ThreatModel = field(default_factory=ThreatModel)
+    train_text: bool = False
+    steps: int = 1000
+    batch_size: int = 64
+    accum: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 1e-4
+    warmup: int = 0
+    grad_clip: float = 0.0
+    save_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    holdout: float = 0.0
+    template: str = "a photo of a {}"
+    resume: bool = False
+    half: bool = False  # store the final weights in fp16 (half the file size)
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ClipagError(f"unknown objective {self.objective!r}: {', '.join(OBJECTIVES)}")
+        for name in ("steps", "batch_size", "accum"):
+            if getattr(self, name) < 1:
+                raise ClipagError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.lr <= 0:
+            raise ClipagError("--lr must be > 0")
+        if not 0 <= self.holdout < 1:
+            raise ClipagError("--holdout must be in [0, 1)")
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    clean_loss: float
+    lr: float
+    images_per_s: float
+    skipped: int
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup, then cosine decay to zero."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group when launched by torchrun; (rank, world size)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _dist()
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' rows, with this rank's rows keeping their gradient."""
+    rank, world = _dist()
+    if world == 1:
+        return x
+    parts = [torch.zeros_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[rank] = x
+    return torch.cat(parts)
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss over the (global) batch."""
+    logits = scale * image @ text.t()
+    labels = torch.arange(len(image), device=image.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+class Objective:
+    """Loss of one micro-batch, adversarial and clean, for the configured objective."""
+
+    def __init__(self, config: TrainConfig, guide: Guide, dataset: Dataset):
+        self.config, self.guide = config, guide
+        self.model = guide.model
+        self.class_texts = None
+        if config.objective == "tecoa":
+            if not dataset.classes:
+                raise ClipagError("--objective tecoa needs labelled data (a class-folder "
+                                  "dataset: class_name/*.jpg)")
+            with torch.no_grad():
+                self.class_texts = guide.encode_texts(dataset.class_prompts())
+        self.original = None
+        if config.objective == "fare":
+            self.original = copy.deepcopy(self.model.visual).eval().requires_grad_(False)
+
+    def _scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp().clamp(max=100)
+
+    def _raw_image(self, images: torch.Tensor, encoder: torch.nn.Module | None = None):
+        encoder = encoder or self.model.visual
+        return encoder(self.guide.normalize(images)).float()
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self._raw_image(images), dim=-1)
+
+    def __call__(self, images, captions, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to minimise, clean loss for logging) of one micro-batch."""
+        cfg, threat = self.config, self.config.threat
+        device = images.device
+        if cfg.objective == "fare":
+            with torch.no_grad():
+                target = self._raw_image(images, self.original)
+            adv = pgd(lambda x: (self._raw_image(x) - target).pow(2).sum(-1), images, threat)
+            with autocast(device):
+                loss = (self._raw_image(adv) - target).pow(2).sum(-1).mean()
+            return loss, loss.detach()
+        if cfg.objective == "tecoa":
+            texts, targets = self.class_texts, labels.to(device)
+            if (targets < 0).any():
+                raise ClipagError("--objective tecoa got an unlabelled image")
+        else:
+            with torch.set_grad_enabled(cfg.train_text):
+                texts = _gather(self.guide.encode_texts(captions))
+            rank, _ = _dist()
+            targets = torch.arange(len(images), device=device) + rank * len(images)
+        scale = self._scale()
+        if threat.active:
+            module = CosineLogits(self._encode, texts, scale.item(), self.model)
+            adv = attack_logits(module, images, targets, threat)
+        else:
+            adv = images
+        with autocast(device):
+            features = self._encode(adv)
+            if cfg.objective == "tecoa":
+                loss = F.cross_entropy(scale * features @ texts.t(), targets)
+            else:
+                _, world = _dist()
+                # each rank holds the full global loss, but gradient only through its own rows;
+                # scaling by the world size makes the averaged gradient the one-process gradient
+                loss = clip_loss(_gather(features), texts, scale) * world
+        return loss, loss.detach()
+
+
+def trainable_parameters(model: torch.nn.Module, train_text: bool) -> list[torch.nn.Parameter]:
+    """The image tower (plus the text tower and temperature with `train_text`); the rest is
+    frozen with requires_grad=False."""
+    model.requires_grad_(False)
+    if train_text:
+        model.requires_grad_(True)
+    else:
+        model.visual.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _state_path(out: Path) -> Path:
+    return out.with_name(out.name + ".state.pt")
+
+
+def save_state(path: Path, model, optimizer, scheduler, step: int, position: int) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "step": step, "position": position,
+             "rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ClipagError(f"cannot resume from {path}: {str(exc).splitlines()[0]}") from None
+
+
+def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
+              on_log: Callable[[StepLog], None] | None = None,
+              on_step: Callable[[int], None] | None = None) -> Path:
+    """Train, checkpoint every `save_every` steps, and write the final clipag checkpoint."""
+    config.validate()
+    rank, world = init_distributed(device)
+    out = Path(config.out)
+    state_path = _state_path(out)
+    if out.exists():
+        if config.resume:
+            return out  # finished earlier: nothing left to do
+        raise ClipagError(f"{out} exists; pass --resume to continue it or --overwrite")
+    torch.manual_seed(config.seed)
+    guide = load_guide(spec, device, quiet=rank != 0)
+    arch = guide.info.get("arch")
+    if arch is None:
+        raise ClipagError("cannot tell this model's architecture; pass --model ARCH")
+    dataset = split(open_dataset(config.data, config.template), config.holdout, "train")
+    model = guide.model.train()
+    objective = Objective(config, guide, dataset)
+    params = trainable_parameters(model, config.train_text)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.warmup, config.steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    step, position = 0, 0
+    if config.resume and state_path.exists():
+        state = load_state(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, position = state["step"], state["position"]
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    stream = BatchStream(dataset, config.batch_size, guide.image_size, seed=config.seed,
+                         position=position, rank=rank, world=world,
+                         holdout=config.holdout if dataset.streamed else 0.0)
+    batches = iter(stream)
+    tick, seen = time.perf_counter(), 0
+    while step < config.steps:
+        optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=device)
+        clean = torch.zeros((), device=device)
+        for _ in range(config.accum):
+            images, captions, labels = next(batches)
+            images = images.to(device, non_blocking=True)
+            loss, clean_loss = objective(images, captions, labels)
+            scaler.scale(loss / config.accum).backward()
+            total += loss.detach() / config.accum
+            clean += clean_loss / config.accum
+            seen += len(images)
+        if world > 1:
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+        if config.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        if on_log and (step % config.log_every == 0 or step == config.steps):
+            elapsed = time.perf_counter() - tick
+            on_log(StepLog(step, total.item(), clean.item(), scheduler.get_last_lr()[0],
+                           seen * world / max(elapsed, 1e-9), stream.stats.skipped))
+            tick, seen = time.perf_counter(), 0
+        if config.save_every and step % config.save_every == 0 and step < config.steps and rank == 0:
+            save_state(state_path, model, optimizer, scheduler, step, stream.position)
+        if on_step:
+            on_step(step)
+    if rank == 0:
+        threat = config.threat
+        meta = {"arch": arch, "name": out.stem, "base_model": guide.name,
+                "objective": config.objective, "norm": threat.norm, "eps": threat.eps,
+                "attack_steps": threat.steps, "attack_step_size": threat.alpha,
+                "steps": config.steps, "batch_size": config.batch_size * config.accum,
+                "lr": config.lr, "train_text": config.train_text, "seed": config.seed,
+                "data": str(config.data), "data_fingerprint": dataset.fingerprint(),
+                "skipped_images": stream.stats.skipped, "config": _plain(asdict(config))}
+        save_checkpoint(out, model.state_dict(), meta,
+                        dtype=torch.float16 if config.half else None)
+        if state_path.exists():
+            state_path.unlink()
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
