@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import open_clip
+from open_clip.model import build_model_from_openai_state_dict
 import torch
 import torch.nn.functional as F
 
@@ -244,10 +245,12 @@ def load_file(path: Path, arch: str | None, trust: bool) -> Guide:
     state = load_state_dict(path, trust=trust)
     if arch is None:
         try:
-            model = open_clip.build_model_from_openai_state_dict(dict(state))
+            model = build_model_from_openai_state_dict(dict(state))
         except Exception:
             raise ClipagError(f"cannot tell the architecture of {path}; pass --model NAME "
                               "(e.g. ViT-B-32)") from None
+        # the builder rounds weights through fp16; reload them at full precision
+        _load_into(model.float(), state, str(path))
         tokenizer = open_clip.SimpleTokenizer(context_length=_context_length(model))
         return _guide(model, tokenizer, path.stem, {"source": str(path)})
     model, tokenizer = build_model(arch)

@@ -1,0 +1,135 @@
+import dataclasses
+
+import pytest
+import torch
+
+from clipag.augment import ViewConfig, Views
+from clipag.errors import ClipagError
+from clipag.generate import (GenerateConfig, Targets, dynamic_threshold, encode_targets,
+                             initial_images, optimise, weighted_distance)
+from clipag.init import GaussianMixture, fit
+from clipag.prompts import parse_prompt
+
+SMALL = GenerateConfig(steps=12, lr=0.05, init="noise", log_every=1,
+                       views=ViewConfig(global_views=4, patch_views=4))
+
+
+def _run(guide, config=SMALL, seeds=(0,), prompt="a red circle"):
+    targets = encode_targets(guide, [parse_prompt(prompt)] * len(seeds))
+    size = config.validate(guide)
+    start = initial_images(guide, targets, config, size, list(seeds), None)
+    torch.manual_seed(seeds[0])
+    losses = []
+    result = optimise(guide, targets, start, config, lambda i: losses.append(i.loss.clone()))
+    return result, losses, start
+
+
+def test_loss_goes_down(tiny_guide):
+    config = dataclasses.replace(SMALL, steps=30, grad_clip=0.0,
+                                 views=ViewConfig(global_views=4, patch_views=4, noise=0.0))
+    result, losses, _ = _run(tiny_guide, config)
+    first, last = losses[0].item(), min(x.item() for x in losses[-5:])
+    assert last < first - 0.01, (first, last)
+    assert result.best_loss[0] <= min(x.item() for x in losses) + 1e-6
+
+
+def test_same_seed_same_image_bit_for_bit(tiny_guide):
+    a, _, _ = _run(tiny_guide, seeds=(7,))
+    b, _, _ = _run(tiny_guide, seeds=(7,))
+    c, _, _ = _run(tiny_guide, seeds=(8,))
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_output_shape_and_range_at_larger_size(tiny_guide):
+    config = dataclasses.replace(SMALL, size=80, steps=3)
+    result, _, start = _run(tiny_guide, config, seeds=(0, 1))
+    assert result.images.shape == (2, 3, 80, 80) == start.shape
+    assert result.images.min() >= 0 and result.images.max() <= 1
+    assert len(result.score) == 2
+
+
+def test_frames_are_kept_every_n_steps(tiny_guide):
+    result, _, _ = _run(tiny_guide, dataclasses.replace(SMALL, steps=6, save_every=2))
+    assert len(result.frames) == 3 and result.frames[0].shape == (1, 3, 32, 32)
+
+
+def test_weighted_distance_matches_definition():
+    emb = torch.nn.functional.normalize(torch.randn(2, 5, 8), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(2, 2, 8), dim=-1)
+    weights = torch.tensor([[1.0, 0.0], [0.75, -0.25]])
+    got = weighted_distance(emb, Targets(texts, weights))
+    for b in range(2):
+        want = sum(weights[b, k] * (1 - emb[b] @ texts[b, k]).mean() for k in range(2))
+        assert torch.isclose(got[b], want, atol=1e-6)
+
+
+def test_encode_targets_normalises_positive_weights(tiny_guide):
+    targets = encode_targets(tiny_guide, [parse_prompt("a:2 | b:2 | c:-1"), parse_prompt("d")])
+    assert targets.texts.shape == (2, 3, 32)
+    assert torch.allclose(targets.weights[0], torch.tensor([0.5, 0.5, -0.25]))
+    assert torch.allclose(targets.weights[1], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_dynamic_threshold_keeps_range():
+    x = torch.rand(3, 3, 8, 8) * 3 - 1
+    y = dynamic_threshold(x, 0.95)
+    assert y.min() >= 0 and y.max() <= 1
+    inside = torch.rand(1, 3, 8, 8)
+    assert torch.allclose(dynamic_threshold(inside, 0.95), inside)
+    assert torch.equal(dynamic_threshold(x, 0), x.clamp(0, 1))
+
+
+def test_views_batch_shapes_and_gradients():
+    views = Views(32, ViewConfig(global_views=3, patch_views=5))
+    x = torch.rand(2, 3, 48, 48, requires_grad=True)
+    g, p = views(x)
+    assert g.shape == (6, 3, 32, 32) and p.shape == (10, 3, 32, 32)
+    (g.sum() + p.sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_best_of_n_init_prefers_what_the_model_likes(tiny_guide):
+    mixture = fit(torch.rand(64, 3, 4, 4), components=2, rank=2)
+    targets = encode_targets(tiny_guide, [parse_prompt("a red circle")])
+    config = dataclasses.replace(SMALL, init="gmm", init_candidates=32)
+    one = initial_images(tiny_guide, targets, dataclasses.replace(config, init_candidates=1),
+                         32, [0], mixture)
+    best = initial_images(tiny_guide, targets, config, 32, [0], mixture)
+    with torch.no_grad():
+        def score(x):
+            return (tiny_guide.encode_images(x) @ targets.texts[0, 0]).item()
+    assert score(best) >= score(one)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"size": 4}, "impossible size"), ({"size": 100000}, "impossible size"),
+    ({"steps": 0}, "steps"), ({"lr": 0}, "lr"), ({"threshold": 1.5}, "threshold"),
+])
+def test_bad_settings(tiny_guide, change, message):
+    with pytest.raises(ClipagError, match=message):
+        dataclasses.replace(SMALL, **change).validate(tiny_guide)
+
+
+def test_mixture_roundtrip_and_fit_quality(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    centers = torch.rand(2, 3 * 4 * 4, generator=g)
+    data = torch.cat([c + 0.05 * torch.randn(100, 48, generator=g) for c in centers]).clamp(0, 1)
+    mixture = fit(data.view(-1, 3, 4, 4), components=2, rank=4, seed=0)
+    path = mixture.save(tmp_path / "m.safetensors")
+    loaded = GaussianMixture.load(path)
+    assert loaded.resolution == 4 and torch.equal(loaded.factors, mixture.factors)
+    samples = loaded.sample(50, torch.Generator().manual_seed(1))
+    assert samples.shape == (50, 3, 4, 4) and samples.min() >= 0 and samples.max() <= 1
+    assert torch.equal(samples, loaded.sample(50, torch.Generator().manual_seed(1)))
+    # the fit explains its own data far better than uniform noise
+    assert loaded.log_likelihood(data) > loaded.log_likelihood(torch.rand(200, 48)) + 50
+    # samples land near the two centres
+    nearest = torch.cdist(samples.view(50, -1), centers).min(dim=1).values
+    assert nearest.mean() < torch.cdist(torch.rand(50, 48), centers).min(dim=1).values.mean()
+
+
+def test_bad_mixture_file(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"nonsense")
+    with pytest.raises(ClipagError):
+        GaussianMixture.load(tmp_path / "x.safetensors")

@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+from clipag.checkpoint import read_meta, save_checkpoint
+from clipag.errors import ClipagError
+from clipag.models import PRESETS, ModelSpec, build_model, load_guide, preset_status
+
+CPU = torch.device("cpu")
+
+
+def _same_outputs(a, b):
+    x = torch.rand(2, 3, a.image_size, a.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(a.encode_images(x), b.encode_images(x))
+        assert torch.equal(a.encode_texts(["a red circle"]), b.encode_texts(["a red circle"]))
+
+
+def test_clipag_checkpoint_says_its_architecture(tiny_guide, tiny_checkpoint):
+    assert read_meta(tiny_checkpoint)["arch"] == "clipag-tiny"
+    loaded = load_guide(ModelSpec(checkpoint=str(tiny_checkpoint)), CPU)
+    assert loaded.image_size == 32
+    _same_outputs(tiny_guide, loaded)
+
+
+def test_open_clip_state_dict_with_model_name(tmp_path, tiny_guide):
+    path = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in tiny_guide.model.state_dict().items()}},
+               path)
+    loaded = load_guide(ModelSpec(model="clipag-tiny", checkpoint=str(path)), CPU)
+    _same_outputs(tiny_guide, loaded)
+    via_pretrained = load_guide(ModelSpec(model="clipag-tiny", pretrained=str(path)), CPU)
+    _same_outputs(tiny_guide, via_pretrained)
+
+
+def test_openai_style_state_dict_infers_architecture(tmp_path):
+    model, _ = build_model({  # OpenAI's own CLIPs use QuickGELU, as the inferred model does
+        "embed_dim": 32, "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16,
+                       "head_width": 64},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1,
+                     "layers": 2}}, seed=0)
+    path = tmp_path / "openai_style.pt"
+    torch.save(model.state_dict(), path)
+    loaded = load_guide(ModelSpec(checkpoint=str(path)), CPU)
+    assert loaded.image_size == 32
+    x = torch.rand(1, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.encode_image(x), model.encode_image(x), atol=1e-5)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickles_that_run_code_need_trust(tmp_path, tiny_guide):
+    path = tmp_path / "evil.pt"
+    state = dict(tiny_guide.model.state_dict())
+    state["extra"] = Evil()
+    torch.save(state, path)
+    with pytest.raises(ClipagError, match="--trust-checkpoint"):
+        load_guide(ModelSpec(model="clipag-tiny", checkpoint=str(path)), CPU)
+    loaded = load_guide(ModelSpec(model="clipag-tiny", checkpoint=str(path), trust=True), CPU)
+    _same_outputs(tiny_guide, loaded)
+
+
+def test_torchscript_needs_trust(tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with pytest.raises(ClipagError, match="TorchScript"):
+        load_guide(ModelSpec(model="clipag-tiny", checkpoint=str(path)), CPU)
+
+
+def test_mismatched_checkpoint_names_keys(tmp_path, tiny_guide):
+    state = dict(tiny_guide.model.state_dict())
+    state["token_embedding.weight"] = torch.zeros(10, 32)
+    del state["ln_final.weight"]
+    path = tmp_path / "bad.safetensors"
+    save_checkpoint(path, state, {"arch": "clipag-tiny"})
+    with pytest.raises(ClipagError) as info:
+        load_guide(ModelSpec(checkpoint=str(path)), CPU)
+    message = str(info.value)
+    assert "token_embedding.weight" in message and "ln_final.weight" in message
+    assert "\n" not in message
+
+
+def test_wrong_architecture_is_an_error(tiny_checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    plain = tiny_checkpoint.with_name("plain.safetensors")
+    save_file(load_file(str(tiny_checkpoint)), str(plain))  # no clipag metadata
+    with pytest.raises(ClipagError, match="does not match"):
+        load_guide(ModelSpec(model="world-vit", checkpoint=str(plain)), CPU)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage bytes, not a checkpoint"])
+def test_corrupt_checkpoints(tmp_path, content):
+    for name in ("x.pt", "x.safetensors"):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ClipagError, match="empty|corrupt"):
+            load_guide(ModelSpec(model="clipag-tiny", checkpoint=str(path)), CPU)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(ClipagError, match="not found"):
+        load_guide(ModelSpec(checkpoint=str(tmp_path / "nope.pt")), CPU)
+
+
+def test_url_downloads_into_cache(tmp_path, tiny_guide, tiny_checkpoint):
+    url = tiny_checkpoint.as_uri()  # file:// exercises the download code without a network
+    loaded = load_guide(ModelSpec(model="clipag-tiny", pretrained=url), CPU, quiet=True)
+    _same_outputs(tiny_guide, loaded)
+    from clipag.models import cache_dir
+
+    assert (cache_dir() / tiny_checkpoint.name).is_file()
+
+
+def test_unreachable_url_says_what_to_fetch(tmp_path):
+    with pytest.raises(ClipagError, match="save it as .*cache.*--checkpoint"):
+        load_guide(ModelSpec(model="clipag-tiny", pretrained="https://example.invalid/w.pt"), CPU)
+
+
+def test_preset_url_uses_the_cached_file(tiny_checkpoint, monkeypatch):
+    from clipag import models
+
+    preset = models.Preset("tiny-remote", "clipag-tiny", "https://example.invalid/tiny.pt", True, "")
+    monkeypatch.setitem(models.PRESETS, preset.name, preset)
+    assert preset_status(preset)[0] == "not downloaded"
+    target = models.cache_dir() / "tiny.pt"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(tiny_checkpoint.read_bytes())
+    assert preset_status(preset)[0] == "cached"
+    assert load_guide(ModelSpec(model="tiny-remote"), CPU).name == "tiny-remote"
+
+
+def test_hub_models_fail_clearly_offline():
+    with pytest.raises(ClipagError, match="could not load hf-hub:chs20"):
+        load_guide(ModelSpec(model=PRESETS["fare4-vitb32"].name), CPU)
+
+
+def test_unknown_architecture():
+    with pytest.raises(ClipagError, match="unknown model architecture"):
+        load_guide(ModelSpec(model="no-such-model", pretrained="none"), CPU)
