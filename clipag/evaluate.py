@@ -29,7 +29,7 @@ def zero_shot(guide: Guide, dataset: Dataset, threat: ThreatModel, batch_size: i
     device = guide.device
     with torch.no_grad():
         texts = guide.encode_texts(dataset.class_prompts())
-    scale = float(guide.model.logit_scale.exp().clamp(max=100))
+    scale = float(guide.model.logit_scale.detach().exp().clamp(max=100))
     module = CosineLogits(guide.encode_images, texts, scale, guide.model)
     clean = robust = 0
     for i in range(0, len(images), batch_size):

@@ -179,9 +179,12 @@ class Objective:
                 loss = F.cross_entropy(scale * features @ texts.t(), targets)
             else:
                 _, world = _dist()
-                # each rank holds the full global loss, but gradient only through its own rows;
-                # scaling by the world size makes the averaged gradient the one-process gradient
-                loss = clip_loss(_gather(features), texts, scale) * world
+                # Each rank holds the full global loss but gradient only through its own rows,
+                # so the loss is scaled by the world size to make the averaged gradient the
+                # one-process gradient. The temperature reaches the loss on every rank whole,
+                # so its share of that scaling is taken back.
+                shared = scale.detach() + (scale - scale.detach()) / world
+                loss = clip_loss(_gather(features), texts, shared) * world
         return loss, loss.detach()
 
 

@@ -1,0 +1,161 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from clipag.attacks import CosineLogits, ThreatModel, attack_logits, pgd
+from clipag.checkpoint import read_meta
+from clipag.data import open_dataset
+from clipag.errors import ClipagError
+from clipag.evaluate import zero_shot
+from clipag.models import ModelSpec, load_guide
+from clipag.robustify import TrainConfig, lr_factor, robustify
+
+CPU = torch.device("cpu")
+TINY = ModelSpec(model="clipag-tiny", pretrained="none")
+
+
+def _train(tmp_path, data, name="m", spec=TINY, **kw):
+    logs = []
+    settings = dict(steps=12, batch_size=16, lr=2e-3, log_every=1, seed=0)
+    settings.update(kw)
+    config = TrainConfig(data=str(data), out=str(tmp_path / f"{name}.safetensors"), **settings)
+    path = robustify(config, spec, CPU, on_log=logs.append)
+    return path, [log.loss for log in logs]
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_torchattacks_pgd_raises_loss_inside_the_ball(tiny_guide, norm, eps):
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    texts = tiny_guide.encode_texts([f"class {i}" for i in range(4)]).detach()
+    labels = torch.arange(8) % 4
+    module = CosineLogits(tiny_guide.encode_images, texts, 50.0, tiny_guide.model)
+    adv = attack_logits(module, images, labels, ThreatModel(norm, eps, 5))
+    delta = (adv - images).flatten(1)
+    size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        assert F.cross_entropy(module(adv), labels) > F.cross_entropy(module(images), labels)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 4 / 255), ("l2", 0.5)])
+def test_own_pgd_raises_embedding_distance_inside_the_ball(tiny_guide, norm, eps):
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        target = tiny_guide.model.encode_image(tiny_guide.normalize(images))
+
+    def loss(x):
+        return (tiny_guide.model.encode_image(tiny_guide.normalize(x)) - target).pow(2).sum(-1)
+
+    adv = pgd(loss, images, ThreatModel(norm, eps, 5))
+    delta = (adv - images).flatten(1)
+    size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        assert (loss(adv) > loss(images) + 1e-6).all()
+
+
+@pytest.mark.parametrize("objective,data_fixture,kw", [
+    ("contrastive", "world_captions", {"train_text": True}),
+    ("tecoa", "world_classes", {}),
+    ("fare", "world_captions", {}),
+])
+def test_each_objective_lowers_its_loss(request, tmp_path, objective, data_fixture, kw):
+    data = request.getfixturevalue(data_fixture)
+    spec = TINY
+    if objective == "fare":  # FARE fine-tunes a model; its loss is 0 at the start without an attack
+        spec = ModelSpec(model="clipag-tiny", pretrained="none")
+    path, losses = _train(tmp_path, data, objective=objective, steps=20,
+                          threat=ThreatModel("l2", 0.5, 2), **kw)
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first, losses
+    meta = read_meta(path)
+    assert meta["objective"] == objective and meta["eps"] == 0.5 and meta["norm"] == "l2"
+    assert meta["arch"] == "clipag-tiny" and len(meta["data_fingerprint"]) == 16
+    assert load_guide(ModelSpec(checkpoint=str(path)), CPU).image_size == 32
+
+
+def test_resume_equals_uninterrupted(tmp_path, world_captions):
+    common = dict(steps=6, save_every=2, threat=ThreatModel("l2", 0.5, 2), train_text=True)
+    straight, _ = _train(tmp_path, world_captions, "straight", **common)
+
+    def crash(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    config = TrainConfig(data=str(world_captions), out=str(tmp_path / "resumed.safetensors"),
+                         batch_size=16, lr=2e-3, seed=0, **common)
+    with pytest.raises(KeyboardInterrupt):
+        robustify(config, TINY, CPU, on_step=crash)
+    assert (tmp_path / "resumed.safetensors.state.pt").is_file()
+    assert not (tmp_path / "resumed.safetensors").exists()
+    config.resume = True
+    resumed = robustify(config, TINY, CPU)
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "resumed.safetensors.state.pt").exists()
+
+
+def test_robustified_model_is_more_robust(tmp_path, world_classes):
+    clean, _ = _train(tmp_path, world_classes, "clean", objective="tecoa", steps=800,
+                      batch_size=32, lr=3e-3, warmup=50, train_text=True, log_every=100,
+                      threat=ThreatModel("linf", 0.0, 0))
+    robust, _ = _train(tmp_path, world_classes, "robust", spec=ModelSpec(checkpoint=str(clean)),
+                       objective="tecoa", steps=100, batch_size=32, lr=1e-3,
+                       threat=ThreatModel("linf", 8 / 255, 3))
+    dataset = open_dataset(world_classes)
+    attack = ThreatModel("linf", 4 / 255, 10, random_start=False)
+    before = zero_shot(load_guide(ModelSpec(checkpoint=str(clean)), CPU), dataset, attack)
+    after = zero_shot(load_guide(ModelSpec(checkpoint=str(robust)), CPU), dataset, attack)
+    assert before.clean_accuracy > 0.9  # the starting point learned the task
+    assert after.robust_accuracy > before.robust_accuracy + 0.1, (before, after)
+
+
+def test_ddp_two_processes_match_one(tmp_path, world_captions):
+    args = ["robustify", str(world_captions), "--model", "clipag-tiny", "--pretrained", "none",
+            "--steps", "3", "--batch-size", "16", "--lr", "2e-3", "--train-text", "--eps", "0.5",
+            "--attack-steps", "2", "--no-random-start", "--seed", "0", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    one = subprocess.run([sys.executable, "-m", "clipag", *args, "-o", str(tmp_path / "one.st")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", "-m", "clipag", *args,
+                          "-o", str(tmp_path / "two.st")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    # Compare what the models compute: parameters whose true gradient is zero (attention key
+    # biases) get float-noise gradients that Adam turns into +-lr steps, differently per run.
+    from clipag.data import load_all
+
+    images, captions, _, _ = load_all(open_dataset(world_captions), 32)
+    one_p, two_p, start = (load_guide(s, CPU) for s in (
+        ModelSpec(checkpoint=str(tmp_path / "one.st")),
+        ModelSpec(checkpoint=str(tmp_path / "two.st")), TINY))
+    with torch.no_grad():
+        e1, e2, e0 = (g.encode_images(images) for g in (one_p, two_p, start))
+        t1, t2 = (g.encode_texts(captions) for g in (one_p, two_p))
+    assert (e1 - e2).abs().max() < 1e-4 and (t1 - t2).abs().max() < 1e-4
+    assert (e1 - e0).abs().max() > 0.1  # and training did move the model
+
+
+def test_bad_training_settings(tmp_path, world_captions):
+    with pytest.raises(ClipagError, match="tecoa needs labelled"):
+        _train(tmp_path, world_captions, objective="tecoa")
+    with pytest.raises(ClipagError, match="steps"):
+        _train(tmp_path, world_captions, "b", steps=0)
+    with pytest.raises(ClipagError, match="norm"):
+        ThreatModel("l3", 1.0, 1)
+    path, _ = _train(tmp_path, world_captions, "c", steps=1)
+    with pytest.raises(ClipagError, match="exists"):
+        _train(tmp_path, world_captions, "c", steps=1)
+
+
+def test_schedule_warms_up_then_decays():
+    values = [lr_factor(s, 10, 100) for s in range(100)]
+    assert values[0] == 0.1 and values[9] == 1.0
+    assert all(a >= b for a, b in zip(values[10:], values[11:])) and values[-1] < 0.01
