@@ -39,7 +39,7 @@ V = ViewConfig()
 @click.option("--size", type=int, default=None, help="output side in pixels [default: model input]")
 @click.option("--views", type=int, default=V.global_views, show_default=True, help="global views per step")
 @click.option("--patch-views", type=int, default=V.patch_views, show_default=True)
-@click.option("--patch-fraction", type=float, default=V.patch_fraction, show_default=True,
+@click.option("--patch-fraction", type=float, default=V.patch_fraction, show_default="0.571 (128/224)",
               help="patch side as a fraction of the image side")
 @click.option("--global-weight", type=float, default=D.global_weight, show_default=True)
 @click.option("--patch-weight", type=float, default=D.patch_weight, show_default=True)

@@ -98,3 +98,36 @@ def eval_cmd(data, spec, device, norm, eps, attack_steps, attack_step_size, temp
 @click.group()
 def bench():
     """Benchmarks (see also `make bench`)."""
+
+
+@bench.command("pag", cls=Command)
+@click.option("--guides", default="world-vanilla,world-robust", show_default=True,
+              help="comma-separated guide models, run under identical settings")
+@click.option("--judge-model", default="world-judge", show_default=True,
+              help="held-out CLIP judge (never a guide)")
+@click.option("--prompts", type=int, default=24, show_default=True)
+@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--views", type=int, default=32, show_default=True)
+@click.option("--patch-views", type=int, default=32, show_default=True)
+@click.option("--init-candidates", type=int, default=1000, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "-o", default="bench/results", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+def bench_pag(guides, judge_model, prompts, steps, views, patch_views, init_candidates,
+              batch_size, seed, out, device):
+    """Judge accuracy of images made with each guide on fixed world prompts."""
+    import sys
+
+    from clipag.augment import ViewConfig
+    from clipag.benchmark import run
+    from clipag.generate import GenerateConfig
+
+    config = GenerateConfig(steps=steps, init_candidates=init_candidates,
+                            views=ViewConfig(global_views=views, patch_views=patch_views))
+    command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench pag"
+    _, table = run([g.strip() for g in guides.split(",") if g.strip()], judge_model, prompts,
+                   config, Path(out), resolve_device(device), batch_size, seed, command)
+    out_console = Console()
+    out_console.print(table.read_text())

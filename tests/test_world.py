@@ -38,3 +38,34 @@ def test_captions_name_true_attributes():
         full = world.parse_prompt(world.full_caption(scene))
         assert (full["color"], full["background"], full["count"]) == (
             scene.color, scene.background, scene.count)
+
+
+def test_judge_is_right_on_ground_truth():
+    """The analytic judge must read true world images right >= 95% of the time."""
+    from collections import defaultdict
+
+    from clipag.judge import judge
+
+    hits, totals = defaultdict(int), defaultdict(int)
+    config = world.WorldConfig(seed=11, size=64, digit_fraction=0.0)
+    for i in range(400):
+        image, _, scene = world.sample(i, config)
+        prompt = world.full_caption(scene)
+        if scene.count == 1:
+            where = "middle" if scene.position == "center" else scene.position
+            prompt += f" on the {where}"
+        for attribute, ok in judge(image, prompt).items():
+            hits[attribute] += ok
+            totals[attribute] += 1
+    accuracy = {k: hits[k] / totals[k] for k in totals}
+    assert set(accuracy) >= {"color", "background", "shape", "count", "position"}
+    assert all(v >= 0.95 for v in accuracy.values()), accuracy
+
+
+def test_judge_rejects_wrong_attributes():
+    from clipag.judge import judge
+
+    image, _, scene = world.sample(3, world.WorldConfig(seed=2, digit_fraction=0.0))
+    wrong_color = next(c for c in world.COLORS if c not in (scene.color, scene.background))
+    verdict = judge(image, f"a {wrong_color} {scene.shape} on a {scene.background} background")
+    assert verdict["color"] is False and verdict["background"] is True

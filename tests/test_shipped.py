@@ -1,0 +1,72 @@
+"""The embedded models and initializer load offline and work; the benchmark runs end to end."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+from clipag.augment import ViewConfig
+from clipag.benchmark import run
+from clipag.checkpoint import read_meta
+from clipag.generate import GenerateConfig
+from clipag.init import DEFAULT_GMM, GaussianMixture
+from clipag.models import ASSETS, PRESETS, ModelSpec, load_guide
+
+CPU = torch.device("cpu")
+EMBEDDED = [p for p in PRESETS.values() if p.kind == "embedded"]
+
+
+@pytest.mark.parametrize("preset", EMBEDDED, ids=lambda p: p.name)
+def test_embedded_models_load_and_know_the_world(preset):
+    path = ASSETS / preset.source.split(":", 1)[1]
+    assert path.stat().st_size < 12 * 2**20
+    meta = read_meta(path)
+    assert meta["arch"] == preset.arch and meta["data_fingerprint"]
+    guide = load_guide(ModelSpec(model=preset.name), CPU)
+    from clipag import world
+
+    images, captions = [], []
+    for i in range(16):
+        image, _, scene = world.sample(i, world.WorldConfig(seed=77, digit_fraction=0.0))
+        images.append(torch.from_numpy(__import__("numpy").asarray(image)).permute(2, 0, 1) / 255)
+        captions.append(world.full_caption(scene))
+    with torch.no_grad():
+        sims = guide.encode_images(torch.stack(images)) @ guide.encode_texts(captions).t()
+    # each image is closer to its own caption than the average other caption
+    assert (sims.diag() > sims.mean(1)).float().mean() > 0.8
+
+
+def test_default_initializer_is_small_and_samples():
+    assert DEFAULT_GMM.stat().st_size < 1_000_000
+    mixture = GaussianMixture.load(DEFAULT_GMM)
+    assert mixture.resolution == 16
+    assert mixture.sample(3).shape == (3, 3, 16, 16)
+
+
+def test_generate_on_the_embedded_default(tmp_path):
+    out = tmp_path / "default.png"
+    result = CliRunner().invoke(cli, ["generate", "a red circle on a blue background", "-o",
+                                      str(out), "--steps", "2", "--views", "2", "--patch-views",
+                                      "2", "--init-candidates", "8"])
+    assert result.exit_code == 0, result.output
+    assert "embedded default model world-robust" in result.output
+    assert json.loads(out.with_suffix(".json").read_text())["model"]["name"] == "world-robust"
+
+
+def test_benchmark_smoke_on_two_prompts(tmp_path):
+    config = GenerateConfig(steps=2, init_candidates=4,
+                            views=ViewConfig(global_views=2, patch_views=2))
+    reports, table = run(["world-vanilla", "world-robust"], "world-judge", 2, config, tmp_path,
+                         CPU, batch_size=2)
+    assert [r.guide for r in reports] == ["world-vanilla", "world-robust"]
+    for r in reports:
+        assert set(r.accuracy) >= {"color", "background", "shape"}
+        assert all(0 <= v <= 1 for v in r.accuracy.values())
+        assert -1 <= r.judge_score <= 1 and r.seconds_per_image > 0
+    text = table.read_text()
+    assert "world-robust" in text and "judge color" in text
+    assert (tmp_path / "pag-grid.png").is_file() and (tmp_path / "pag.json").is_file()
+    assert dataclasses.asdict(config)["steps"] == 2
