@@ -60,7 +60,8 @@ def main():
     results = {}
     for name, fn in (("batched", step_batched), ("per-view loop", step_looped)):
         pixels = torch.rand(1, 3, size, size, device=device, requires_grad=True)
-        seconds = timed(lambda: fn(guide, views, pixels, targets), args.steps, device)
+        seconds = timed(lambda fn=fn, pixels=pixels: fn(guide, views, pixels, targets),
+                        args.steps, device)
         results[name] = seconds
         print(f"{name:>14}: {n / seconds:8.1f} views/s  {seconds * 1000:8.1f} ms/step  "
               f"{seconds * args.image_steps:7.1f} s/image ({args.image_steps} steps)")
