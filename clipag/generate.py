@@ -170,8 +170,9 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: Genera
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             global_views, patch_views = views(pixels)
             emb = guide.encode_images(torch.cat([global_views, patch_views]))
-        emb_g = emb[:b * n_global].view(b, n_global, -1)
-        emb_p = emb[b * n_global:].view(b, n_patch, -1)
+        dim = emb.shape[-1]
+        emb_g = emb[:b * n_global].view(b, n_global, dim)
+        emb_p = emb[b * n_global:].view(b, n_patch, dim)
         loss_g = weighted_distance(emb_g, targets) if n_global else torch.zeros(b, device=device)
         loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
         loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()

@@ -49,6 +49,13 @@ def test_output_shape_and_range_at_larger_size(tiny_guide):
     assert len(result.score) == 2
 
 
+@pytest.mark.parametrize("global_views,patch_views", [(3, 0), (0, 3)])
+def test_only_one_kind_of_view(tiny_guide, global_views, patch_views):
+    views = ViewConfig(global_views=global_views, patch_views=patch_views)
+    result, losses, _ = _run(tiny_guide, dataclasses.replace(SMALL, steps=2, views=views))
+    assert result.images.shape == (1, 3, 32, 32) and len(losses) == 2
+
+
 def test_frames_are_kept_every_n_steps(tiny_guide):
     result, _, _ = _run(tiny_guide, dataclasses.replace(SMALL, steps=6, save_every=2))
     assert len(result.frames) == 3 and result.frames[0].shape == (1, 3, 32, 32)
