@@ -147,8 +147,10 @@ class Objective:
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self._raw_image(images), dim=-1)
 
-    def __call__(self, images, captions, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss to minimise, clean loss for logging) of one micro-batch."""
+    def __call__(self, images, captions, labels, measure_clean: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(loss to minimise, the same loss on the clean images when `measure_clean`, for
+        logging: an extra forward pass without gradients) of one micro-batch."""
         cfg, threat = self.config, self.config.threat
         device = images.device
         if cfg.objective == "fare":
@@ -157,7 +159,12 @@ class Objective:
             adv = pgd(lambda x: (self._raw_image(x) - target).pow(2).sum(-1), images, threat)
             with autocast(device):
                 loss = (self._raw_image(adv) - target).pow(2).sum(-1).mean()
-            return loss, loss.detach()
+            # FARE's loss is 0 on clean images by construction until the encoder moves
+            clean = None
+            if measure_clean:
+                with torch.no_grad(), autocast(device):
+                    clean = (self._raw_image(images) - target).pow(2).sum(-1).mean()
+            return loss, clean
         if cfg.objective == "tecoa":
             texts, targets = self.class_texts, labels.to(device)
             if (targets < 0).any():
@@ -173,8 +180,20 @@ class Objective:
             adv = attack_logits(module, images, targets, threat)
         else:
             adv = images
-        with autocast(device):
-            features = self._encode(adv)
+        loss = self._loss(adv, texts, targets, scale)
+        clean = None
+        if measure_clean:
+            if threat.active:
+                with torch.no_grad():
+                    clean = self._loss(images, texts.detach(), targets, scale.detach())
+            else:
+                clean = loss.detach()
+        return loss, clean
+
+    def _loss(self, images, texts, targets, scale) -> torch.Tensor:
+        cfg = self.config
+        with autocast(images.device):
+            features = self._encode(images)
             if cfg.objective == "tecoa":
                 loss = F.cross_entropy(scale * features @ texts.t(), targets)
             else:
@@ -185,7 +204,7 @@ class Objective:
                 # so its share of that scaling is taken back.
                 shared = scale.detach() + (scale - scale.detach()) / world
                 loss = clip_loss(_gather(features), texts, shared) * world
-        return loss, loss.detach()
+        return loss
 
 
 def trainable_parameters(model: torch.nn.Module, train_text: bool) -> list[torch.nn.Parameter]:
@@ -264,13 +283,16 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
         optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=device)
         clean = torch.zeros((), device=device)
+        logging = on_log is not None and ((step + 1) % config.log_every == 0
+                                          or step + 1 == config.steps)
         for _ in range(config.accum):
             images, captions, labels = next(batches)
             images = images.to(device, non_blocking=True)
-            loss, clean_loss = objective(images, captions, labels)
+            loss, clean_loss = objective(images, captions, labels, measure_clean=logging)
             scaler.scale(loss / config.accum).backward()
             total += loss.detach() / config.accum
-            clean += clean_loss / config.accum
+            if clean_loss is not None:
+                clean += clean_loss / config.accum
             seen += len(images)
         if world > 1:
             for p in params:
@@ -284,10 +306,12 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
         scaler.update()
         scheduler.step()
         step += 1
-        if on_log and (step % config.log_every == 0 or step == config.steps):
+        if logging:
             elapsed = time.perf_counter() - tick
-            on_log(StepLog(step, total.item(), clean.item(), scheduler.get_last_lr()[0],
-                           seen * world / max(elapsed, 1e-9), stream.stats.skipped))
+            shown = world if config.objective == "contrastive" else 1  # undo the DDP scaling
+            on_log(StepLog(step, total.item() / shown, clean.item() / shown,
+                           scheduler.get_last_lr()[0], seen * world / max(elapsed, 1e-9),
+                           stream.stats.skipped))
             tick, seen = time.perf_counter(), 0
         if config.save_every and step % config.save_every == 0 and step < config.steps and rank == 0:
             save_state(state_path, model, optimizer, scheduler, step, stream.position)

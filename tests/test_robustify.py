@@ -76,6 +76,20 @@ def test_each_objective_lowers_its_loss(request, tmp_path, objective, data_fixtu
     assert load_guide(ModelSpec(checkpoint=str(path)), CPU).image_size == 32
 
 
+@pytest.mark.parametrize("objective,data_fixture", [
+    ("contrastive", "world_captions"), ("tecoa", "world_classes"), ("fare", "world_captions")])
+def test_logged_clean_loss_is_below_the_adversarial_loss(request, tmp_path, objective,
+                                                         data_fixture):
+    logs = []
+    config = TrainConfig(data=str(request.getfixturevalue(data_fixture)),
+                         out=str(tmp_path / "m.safetensors"), objective=objective, steps=4,
+                         batch_size=16, lr=1e-3, log_every=2,
+                         threat=ThreatModel("l2", 1.0, 3, random_start=False))
+    robustify(config, TINY, CPU, on_log=logs.append)
+    assert [log.step for log in logs] == [2, 4]
+    assert all(log.clean_loss < log.loss for log in logs), logs
+
+
 def test_resume_equals_uninterrupted(tmp_path, world_captions):
     common = dict(steps=6, save_every=2, threat=ThreatModel("l2", 0.5, 2), train_text=True)
     straight, _ = _train(tmp_path, world_captions, "straight", **common)
