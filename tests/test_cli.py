@@ -115,3 +115,27 @@ def test_init_fit_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert "1 unreadable skipped" in result.output and out.is_file()
     assert run("init", "fit", folder, "-o", out).exit_code == 2  # no silent overwrite
+
+
+def test_eval_prints_table_and_saves_json(tmp_path, tiny_checkpoint, world_classes):
+    out = tmp_path / "eval.json"
+    result = run("eval", world_classes, "-c", tiny_checkpoint, "--norm", "linf", "--eps",
+                 "4/255", "--attack-steps", 2, "--limit", 32, "--json", out, "--template",
+                 "a {}")
+    assert result.exit_code == 0, result.output
+    assert "zero-shot accuracy" in result.output
+    saved = json.loads(out.read_text())
+    assert saved["images"] == 32 and abs(saved["threat"]["eps"] - 4 / 255) < 1e-9
+    assert 0 <= saved["robust_accuracy"] <= saved["clean_accuracy"] + 1e-9 <= 1 + 1e-9
+
+
+def test_robustify_command_writes_a_loadable_checkpoint(tmp_path, world_captions):
+    out = tmp_path / "r.safetensors"
+    args = ["robustify", world_captions, "-o", out, "--model", "clipag-tiny", "--pretrained",
+            "none", "--steps", 2, "--batch-size", 8, "--eps", "0.5", "--attack-steps", 1, "-q"]
+    assert run(*args).exit_code == 0
+    again = run(*args)
+    assert again.exit_code == 2 and "exists" in again.output
+    assert run(*args, "--overwrite").exit_code == 0
+    gen = run("generate", "a red circle", "-c", out, "-o", tmp_path / "x.png", *FAST)
+    assert gen.exit_code == 0, gen.output
