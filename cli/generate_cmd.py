@@ -101,7 +101,8 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
         console.print(f"using the embedded default model {DEFAULT_PRESET} "
                       f"({PRESETS[DEFAULT_PRESET].about}); pick another with --model")
     guide = load_guide(spec, dev, quiet=quiet)
-    model_info = {"name": guide.name, **{k: v for k, v in guide.info.items() if k != "config"}}
+    model_info = {k: v for k, v in guide.info.items() if k != "config"}
+    model_info.update(name=guide.name, checkpoint_name=guide.info.get("name"))
     model_info["negative_weight"] = negative_weight
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),

@@ -102,7 +102,7 @@ def bench():
 
 @bench.command("pag", cls=Command)
 @click.option("--guides", default="world-vanilla,world-robust", show_default=True,
-              help="comma-separated guide models, run under identical settings")
+              help="comma-separated guide models or checkpoint files, run under identical settings")
 @click.option("--judge-model", default="world-judge", show_default=True,
               help="held-out CLIP judge (never a guide)")
 @click.option("--prompts", type=int, default=24, show_default=True)

@@ -125,7 +125,8 @@ def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfi
     held_out = load_guide(ModelSpec(model=judge_model), device)
     reports, rows = [], []
     for name in guides:
-        guide = load_guide(ModelSpec(model=name), device)
+        spec = ModelSpec(checkpoint=name) if Path(name).is_file() else ModelSpec(model=name)
+        guide = load_guide(spec, device)
         report, images = run_guide(guide, held_out, texts, config, batch_size, seed)
         reports.append(report)
         rows.extend(images)

@@ -32,6 +32,6 @@ run clipag robustify "$work/data" -o "$work/world-vanilla.safetensors" \
 #    objective, text tower frozen).
 run clipag robustify "$work/data" -o "$work/world-robust.safetensors" \
   --checkpoint "$work/world-vanilla.safetensors" --objective contrastive \
-  --norm l2 --eps "${ROBUST_EPS:-2.0}" --attack-steps 3 \
+  --norm l2 --eps "${ROBUST_EPS:-4.0}" --attack-steps 3 \
   --steps "${ROBUST_STEPS:-300}" --lr 1e-4 --warmup 20 --weight-decay 0.01 --seed 0 "${common[@]}"
 wait $judge
