@@ -50,7 +50,8 @@ class CosineLogits(torch.nn.Module):
         self.owner = owner  # registered so torchattacks can find parameters and set eval mode
         self._encode = encode
         self.register_buffer("texts", texts.detach())
-        self.scale = float(scale)
+        # kept as a tensor on its device: no host sync per training step
+        self.register_buffer("scale", torch.as_tensor(scale).detach().float())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.scale * self._encode(images) @ self.texts.t()

@@ -176,7 +176,7 @@ class Objective:
             targets = torch.arange(len(images), device=device) + rank * len(images)
         scale = self._scale()
         if threat.active:
-            module = CosineLogits(self._encode, texts, scale.item(), self.model)
+            module = CosineLogits(self._encode, texts, scale, self.model)
             adv = attack_logits(module, images, targets, threat)
         else:
             adv = images
