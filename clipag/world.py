@@ -151,12 +151,16 @@ TEMPLATES_ONE = [
     "a picture of a {color} {shape} on a {background} background",
 ]
 TEMPLATES_MANY = [
-    "{count} {color} {shape}s on a {background} background",
-    "{count} {size} {color} {shape}s",
-    "{count} {color} {shape}s",
-    "a {background} background with {count} {color} {shape}s",
+    "{count} {color} {shapes} on a {background} background",
+    "{count} {size} {color} {shapes}",
+    "{count} {color} {shapes}",
+    "a {background} background with {count} {color} {shapes}",
 ]
 TEMPLATES_DIGIT = ["the digit {digit}", "a handwritten {digit}", "the number {digit}"]
+
+
+def plural(shape: str) -> str:
+    return shape + "es" if shape.endswith("s") else shape + "s"
 
 
 def _articles(text: str) -> str:
@@ -168,7 +172,8 @@ def caption(scene: Scene, rng: random.Random) -> str:
         return rng.choice(TEMPLATES_DIGIT).format(digit=scene.digit)
     templates = TEMPLATES_ONE if scene.count == 1 else TEMPLATES_MANY
     return _articles(rng.choice(templates).format(
-        size=scene.size, color=scene.color, shape=scene.shape, background=scene.background,
+        size=scene.size, color=scene.color, shape=scene.shape, shapes=plural(scene.shape),
+        background=scene.background,
         position="middle" if scene.position == "center" else scene.position,
         count=COUNT_WORDS[scene.count]))
 
@@ -178,7 +183,7 @@ def full_caption(scene: Scene) -> str:
     if scene.count == 1:
         text = f"a {scene.color} {scene.shape} on a {scene.background} background"
     else:
-        text = (f"{COUNT_WORDS[scene.count]} {scene.color} {scene.shape}s on a "
+        text = (f"{COUNT_WORDS[scene.count]} {scene.color} {plural(scene.shape)} on a "
                 f"{scene.background} background")
     return _articles(text)
 
@@ -263,7 +268,7 @@ def parse_prompt(prompt: str) -> dict[str, object]:
         if i > 0 and words[i - 1] in COLORS:
             found["background"] = words[i - 1]
     for i, w in enumerate(words):
-        stem = w[:-1] if w.endswith("s") and w[:-1] in SHAPES else w
+        stem = next((s for s in SHAPES if w in (s, plural(s))), w)
         if stem in SHAPES:
             found["shape"] = stem
             j = i - 1

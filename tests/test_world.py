@@ -40,6 +40,14 @@ def test_captions_name_true_attributes():
             scene.color, scene.background, scene.count)
 
 
+def test_plural_captions_are_english():
+    texts = [world.sample(i, world.WorldConfig(seed=2, digit_fraction=0.0))[1] for i in range(400)]
+    assert any("crosses" in t for t in texts)
+    assert not any("crosss" in t or "circless" in t for t in texts)
+    assert world.parse_prompt("two red crosses on a blue background")["shape"] == "cross"
+    assert world.parse_prompt("three squares")["shape"] == "square"
+
+
 def test_judge_is_right_on_ground_truth():
     """The analytic judge must read true world images right >= 95% of the time."""
     from collections import defaultdict
