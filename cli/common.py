@@ -61,6 +61,20 @@ class Number(click.ParamType):
         return number(value)
 
 
+class Sides(click.ParamType):
+    """Comma-separated image sides: `16,32`; empty for none."""
+
+    name = "sides"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of sides like 16,32", param, ctx)
+
+
 def model_options(default_hint: str = "world-robust"):
     """--model/--pretrained/--checkpoint/--trust-checkpoint/--device."""
 

@@ -16,7 +16,7 @@ from clipag.generate import GenerateConfig
 from clipag.models import DEFAULT_PRESET, PRESETS, load_guide
 from clipag.prompts import Job, parse_prompt, read_prompts_file
 
-from .common import Command, console, model_options
+from .common import Command, Sides, console, model_options
 
 D = GenerateConfig()
 V = ViewConfig()
@@ -53,6 +53,8 @@ V = ViewConfig()
 @click.option("--init-image", type=click.Path(dir_okay=False), help="start from this image")
 @click.option("--init-candidates", type=int, default=D.init_candidates, show_default=True,
               help="best-of-N mixture samples scored by the model")
+@click.option("--scales", type=Sides(), default="", show_default=False,
+              help="coarse-to-fine: optimise first at these sides (e.g. 16,32), then at --size")
 @click.option("--batch-size", type=int, default=1, show_default=True,
               help="images optimised together (same settings)")
 @click.option("--save-every", type=int, default=0, show_default=True,
@@ -62,7 +64,7 @@ V = ViewConfig()
 def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir, samples, seed,
                  spec, device, steps, lr, size, views, patch_views, patch_fraction, global_weight,
                  patch_weight, noise, grad_clip, threshold, init, init_image, init_candidates,
-                 batch_size, save_every, overwrite, quiet):
+                 scales, batch_size, save_every, overwrite, quiet):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
     if bool(prompt) == bool(prompts_file):
         raise ClipagError("give a PROMPT or --prompts-file, not both and not neither")
@@ -79,7 +81,7 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
                             global_weight=global_weight, patch_weight=patch_weight,
                             threshold=threshold, views=view_config, init=init,
                             init_image=init_image, init_candidates=init_candidates,
-                            save_every=save_every)
+                            scales=scales, save_every=save_every)
     if init not in ("gmm", "noise") and not Path(init).is_file():
         raise ClipagError(f"--init must be gmm, noise or a mixture file; {init!r} not found")
     tasks = plan(jobs, config, Path(outdir), samples, seed, tuple(negative),

@@ -19,7 +19,7 @@ from clipag.fileio import write_text_atomic
 from clipag.init import fit, images_for_fit
 from clipag.models import PRESETS, cache_dir, load_guide, preset_status
 
-from .common import Command, Number, model_options
+from .common import Command, Number, Sides, model_options
 
 out = Console()
 
@@ -109,14 +109,17 @@ def bench():
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--views", type=int, default=32, show_default=True)
 @click.option("--patch-views", type=int, default=32, show_default=True)
+@click.option("--patch-weight", type=float, default=5.0, show_default=True)
+@click.option("--lr", type=float, default=0.0175, show_default=True)
+@click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32")
 @click.option("--init-candidates", type=int, default=1000, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", default="bench/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def bench_pag(guides, judge_model, prompts, steps, views, patch_views, init_candidates,
-              batch_size, seed, out, device):
+def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_weight, lr, scales,
+              init_candidates, batch_size, seed, out, device):
     """Judge accuracy of images made with each guide on fixed world prompts."""
     import sys
 
@@ -124,7 +127,8 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, init_cand
     from clipag.benchmark import run
     from clipag.generate import GenerateConfig
 
-    config = GenerateConfig(steps=steps, init_candidates=init_candidates,
+    config = GenerateConfig(steps=steps, init_candidates=init_candidates, lr=lr,
+                            patch_weight=patch_weight, scales=scales,
                             views=ViewConfig(global_views=views, patch_views=patch_views))
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench pag"
     _, table = run([g.strip() for g in guides.split(",") if g.strip()], judge_model, prompts,

@@ -102,8 +102,10 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
     lines = [f"# PAG benchmark ({prompts} world prompts)", "",
              f"Command: `{command}`", "",
              f"Settings: steps {config.steps}, lr {config.lr}, views "
-             f"{config.views.global_views}+{config.views.patch_views}, init {config.init}"
-             f" (best of {config.init_candidates}), threshold {config.threshold}.", "",
+             f"{config.views.global_views}+{config.views.patch_views} (patch weight "
+             f"{config.patch_weight}), scales {','.join(map(str, config.scales)) or 'none'}, "
+             f"init {config.init} (best of {config.init_candidates}), threshold "
+             f"{config.threshold}.", "",
              "| guide | " + " | ".join(f"judge {a}" for a in ATTRIBUTES)
              + " | held-out CLIP score | guide score | gap (fooling) | s/image |",
              "|---" * (len(ATTRIBUTES) + 5) + "|"]

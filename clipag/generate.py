@@ -7,6 +7,7 @@ computed once; the step loop makes no host-device sync except when logging or sa
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,6 +35,7 @@ class GenerateConfig:
     init: str = "gmm"  # "gmm", "noise", or a path to a mixture .safetensors
     init_image: str | None = None
     init_candidates: int = 1000
+    scales: tuple[int, ...] = ()  # coarse-to-fine: optimise first at these sides, then at `size`
     save_every: int = 0
     log_every: int = 10
     amp: bool = True
@@ -55,6 +57,13 @@ class GenerateConfig:
             raise ClipagError("--threshold must be in [0, 1)")
         if self.init_candidates < 1:
             raise ClipagError("--init-candidates must be >= 1")
+        if self.scales:
+            sides = (*self.scales, size)
+            if min(self.scales) < 8 or any(a >= b for a, b in zip(sides, sides[1:])):
+                raise ClipagError(f"--scales must rise from >= 8 to below the output side {size}: "
+                                  f"got {','.join(map(str, self.scales))}")
+            if self.steps < len(sides):
+                raise ClipagError(f"--steps must be >= {len(sides)} for {len(sides)} scales")
         return size
 
 
@@ -151,9 +160,41 @@ def _clip_per_image(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     return grad * (max_norm / (norms + 1e-12)).clamp(max=1.0)
 
 
+def stage_plan(size: int, scales: tuple[int, ...], steps: int) -> list[tuple[int, int]]:
+    """(side, steps) per stage, coarse to fine; the steps split evenly, the last stage takes
+    the remainder."""
+    sides = (*scales, size)
+    each = steps // len(sides)
+    return [(side, each) for side in sides[:-1]] + [(size, steps - each * (len(sides) - 1))]
+
+
 def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: GenerateConfig,
              on_step: Callable[[StepInfo], None] | None = None) -> Result:
-    """Run the pixel optimisation from `start` (B, 3, H, W) in [0, 1]."""
+    """Run the pixel optimisation from `start` (B, 3, H, W) in [0, 1]; with `config.scales`,
+    coarse to fine: each stage starts from the previous stage's best image, upsampled."""
+    size = start.shape[-1]
+    if not config.scales:
+        return _optimise_stage(guide, targets, start, config, on_step)
+    frames, done, result = [], 0, None
+    image = start
+    for side, steps in stage_plan(size, config.scales, config.steps):
+        image = upsample(image, side) if side > image.shape[-1] else \
+            torch.nn.functional.interpolate(image, size=(side, side), mode="area")
+
+        def shifted(info: StepInfo, done=done) -> None:
+            if on_step:
+                on_step(StepInfo(info.step + done, info.loss, info.best))
+
+        stage = dataclasses.replace(config, steps=steps, scales=())
+        result = _optimise_stage(guide, targets, image, stage, shifted, first_step=done)
+        frames += [upsample(f, size) if f.shape[-1] != size else f for f in result.frames]
+        image, done = result.images, done + steps
+    return Result(result.images, result.best_loss, result.score, frames)
+
+
+def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config: GenerateConfig,
+                    on_step: Callable[[StepInfo], None] | None = None, first_step: int = 0
+                    ) -> Result:
     device = guide.device
     guide.model.requires_grad_(False)
     views = Views(guide.image_size, config.views).to(device)
@@ -186,9 +227,9 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: Genera
         optimizer.step()
         with torch.no_grad():
             pixels.copy_(dynamic_threshold(pixels, config.threshold))
-        if config.save_every and step % config.save_every == 0:
+        if config.save_every and (first_step + step) % config.save_every == 0:
             frames.append(pixels.detach().cpu().clone())
-        if on_step and (step % config.log_every == 0 or step == config.steps):
+        if on_step and ((first_step + step) % config.log_every == 0 or step == config.steps):
             on_step(StepInfo(step, tracked, best_loss))
     with torch.no_grad():
         final = upsample(best, guide.image_size) if best.shape[-1] != guide.image_size else best

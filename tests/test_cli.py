@@ -63,6 +63,8 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
     (["generate", "a cat", "--size", "3"], "impossible size"),
     (["generate", "a cat", "--device", "cuda"], "no CUDA device"),
     (["generate"], "give a PROMPT or --prompts-file"),
+    (["generate", "a cat", "--scales", "16,x"], "comma-separated list of sides"),
+    (["generate", "a cat", "--scales", "64", "--size", "32"], "--scales must rise"),
     (["generate", "a cat", "--init", "missing.safetensors"], "--init"),
     (["robustify", "/nonexistent", "-o", "x.safetensors", "--model", "clipag-tiny",
       "--pretrained", "none"], "no dataset"),

@@ -6,7 +6,7 @@ import torch
 from clipag.augment import ViewConfig, Views
 from clipag.errors import ClipagError
 from clipag.generate import (GenerateConfig, Targets, dynamic_threshold, encode_targets,
-                             initial_images, optimise, weighted_distance)
+                             initial_images, optimise, stage_plan, weighted_distance)
 from clipag.init import GaussianMixture, fit
 from clipag.prompts import parse_prompt
 
@@ -61,6 +61,27 @@ def test_frames_are_kept_every_n_steps(tiny_guide):
     assert len(result.frames) == 3 and result.frames[0].shape == (1, 3, 32, 32)
 
 
+def test_stage_plan_splits_steps_coarse_to_fine():
+    assert stage_plan(64, (16, 32), 100) == [(16, 33), (32, 33), (64, 34)]
+    assert stage_plan(64, (), 10) == [(64, 10)]
+
+
+def test_multiscale_runs_every_stage_and_ends_at_full_size(tiny_guide):
+    config = dataclasses.replace(SMALL, steps=9, scales=(8, 16), save_every=3)
+    result, losses, start = _run(tiny_guide, config, seeds=(0, 1))
+    assert len(losses) == 9  # steps are counted across stages
+    assert result.images.shape == start.shape == (2, 3, 32, 32)
+    assert [f.shape[-1] for f in result.frames] == [32, 32, 32]
+    # the coarse stages leave the image smooth: little energy above the 16px band
+    low = torch.nn.functional.interpolate(result.images, size=(16, 16), mode="area")
+    flat = dataclasses.replace(config, scales=())
+    plain, _, _ = _run(tiny_guide, flat, seeds=(0, 1))
+    def detail(x, low):
+        return (x - torch.nn.functional.interpolate(low, size=(32, 32), mode="bilinear")).abs().mean()
+    plain_low = torch.nn.functional.interpolate(plain.images, size=(16, 16), mode="area")
+    assert detail(result.images, low) < detail(plain.images, plain_low)
+
+
 def test_weighted_distance_matches_definition():
     emb = torch.nn.functional.normalize(torch.randn(2, 5, 8), dim=-1)
     texts = torch.nn.functional.normalize(torch.randn(2, 2, 8), dim=-1)
@@ -112,6 +133,8 @@ def test_best_of_n_init_prefers_what_the_model_likes(tiny_guide):
 @pytest.mark.parametrize("change,message", [
     ({"size": 4}, "impossible size"), ({"size": 100000}, "impossible size"),
     ({"steps": 0}, "steps"), ({"lr": 0}, "lr"), ({"threshold": 1.5}, "threshold"),
+    ({"scales": (16, 8)}, "--scales must rise"), ({"scales": (32,)}, "below the output side"),
+    ({"scales": (4,)}, "--scales"), ({"scales": (8, 16), "steps": 2}, "--steps must be >= 3"),
 ])
 def test_bad_settings(tiny_guide, change, message):
     with pytest.raises(ClipagError, match=message):
