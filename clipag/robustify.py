@@ -15,15 +15,12 @@ gradients are averaged with all-reduce, so N processes follow one process's traj
 from __future__ import annotations
 
 import copy
-import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from .attacks import CosineLogits, ThreatModel, attack_logits, pgd
@@ -31,8 +28,9 @@ from .checkpoint import save_checkpoint
 from .data import BatchStream, Dataset, open_dataset, split
 from .device import autocast
 from .errors import ClipagError
-from .fileio import atomic_path
 from .models import Guide, ModelSpec, load_guide
+from .training import (average_gradients, barrier, gather, init_distributed, load_state,
+                       lr_factor, restore, save_state, state_path, world_info)
 
 OBJECTIVES = ("contrastive", "tecoa", "fare")
 
@@ -79,38 +77,6 @@ class StepLog:
     lr: float
     images_per_s: float
     skipped: int
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup, then cosine decay to zero."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the process group when launched by torchrun; (rank, world size)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _dist()
-
-
-def _gather(x: torch.Tensor) -> torch.Tensor:
-    """All ranks' rows, with this rank's rows keeping their gradient."""
-    rank, world = _dist()
-    if world == 1:
-        return x
-    parts = [torch.zeros_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[rank] = x
-    return torch.cat(parts)
 
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -171,8 +137,8 @@ class Objective:
                 raise ClipagError("--objective tecoa got an unlabelled image")
         else:
             with torch.set_grad_enabled(cfg.train_text):
-                texts = _gather(self.guide.encode_texts(captions))
-            rank, _ = _dist()
+                texts = gather(self.guide.encode_texts(captions))
+            rank, _ = world_info()
             targets = torch.arange(len(images), device=device) + rank * len(images)
         scale = self._scale()
         if threat.active:
@@ -197,13 +163,13 @@ class Objective:
             if cfg.objective == "tecoa":
                 loss = F.cross_entropy(scale * features @ texts.t(), targets)
             else:
-                _, world = _dist()
+                _, world = world_info()
                 # Each rank holds the full global loss but gradient only through its own rows,
                 # so the loss is scaled by the world size to make the averaged gradient the
                 # one-process gradient. The temperature reaches the loss on every rank whole,
                 # so its share of that scaling is taken back.
                 shared = scale.detach() + (scale - scale.detach()) / world
-                loss = clip_loss(_gather(features), texts, shared) * world
+                loss = clip_loss(gather(features), texts, shared) * world
         return loss
 
 
@@ -218,27 +184,6 @@ def trainable_parameters(model: torch.nn.Module, train_text: bool) -> list[torch
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _state_path(out: Path) -> Path:
-    return out.with_name(out.name + ".state.pt")
-
-
-def save_state(path: Path, model, optimizer, scheduler, step: int, position: int) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "step": step, "position": position,
-             "rng": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_state(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ClipagError(f"cannot resume from {path}: {str(exc).splitlines()[0]}") from None
-
-
 def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
               on_log: Callable[[StepLog], None] | None = None,
               on_step: Callable[[int], None] | None = None) -> Path:
@@ -246,7 +191,7 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
     config.validate()
     rank, world = init_distributed(device)
     out = Path(config.out)
-    state_path = _state_path(out)
+    saved = state_path(out)
     if out.exists():
         if config.resume:
             return out  # finished earlier: nothing left to do
@@ -265,15 +210,8 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
         optimizer, lambda s: lr_factor(s, config.warmup, config.steps))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     step, position = 0, 0
-    if config.resume and state_path.exists():
-        state = load_state(state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, position = state["step"], state["position"]
-        torch.set_rng_state(state["rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if config.resume and saved.exists():
+        step, position = restore(load_state(saved), model, optimizer, scheduler)
     stream = BatchStream(dataset, config.batch_size, guide.image_size, seed=config.seed,
                          position=position, rank=rank, world=world,
                          holdout=config.holdout if dataset.streamed else 0.0)
@@ -294,11 +232,7 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
             if clean_loss is not None:
                 clean += clean_loss / config.accum
             seen += len(images)
-        if world > 1:
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= world
+        average_gradients(params)
         if config.grad_clip:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -314,7 +248,7 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
                            stream.stats.skipped))
             tick, seen = time.perf_counter(), 0
         if config.save_every and step % config.save_every == 0 and step < config.steps and rank == 0:
-            save_state(state_path, model, optimizer, scheduler, step, stream.position)
+            save_state(saved, model, optimizer, scheduler, step, stream.position)
         if on_step:
             on_step(step)
     if rank == 0:
@@ -328,10 +262,9 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
                 "skipped_images": stream.stats.skipped, "config": _plain(asdict(config))}
         save_checkpoint(out, model.state_dict(), meta,
                         dtype=torch.float16 if config.half else None)
-        if state_path.exists():
-            state_path.unlink()
-    if world > 1:
-        dist.barrier()
+        if saved.exists():
+            saved.unlink()
+    barrier()
     return out
 
 

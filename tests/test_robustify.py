@@ -13,7 +13,8 @@ from clipag.data import open_dataset
 from clipag.errors import ClipagError
 from clipag.evaluate import zero_shot
 from clipag.models import ModelSpec, load_guide
-from clipag.robustify import TrainConfig, lr_factor, robustify
+from clipag.robustify import TrainConfig, robustify
+from clipag.training import lr_factor
 
 CPU = torch.device("cpu")
 TINY = ModelSpec(model="clipag-tiny", pretrained="none")
