@@ -1,0 +1,154 @@
+"""`clipag crossflow train`: fit a CrossFlow on any dataset `clipag robustify` reads, with
+text embeddings from a frozen CLIP text tower; checkpoints and exact resume like
+robustify, and torchrun data parallelism (each rank its share of the global batch,
+gradients averaged)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .crossflow import CrossFlow, FlowConfig, LossWeights, flow_loss, save_flow, text_probe
+from .data import BatchStream, open_dataset
+from .errors import ClipagError
+from .models import Guide, ModelSpec, load_guide
+from .training import (average_gradients, barrier, init_distributed, load_state, lr_factor,
+                       restore, save_state, state_path)
+
+
+@dataclass
+class FlowTrainConfig:
+    data: str
+    out: str
+    resolution: int = 16
+    width: int = 192
+    depth: int = 4
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup: int = 100
+    grad_clip: float = 1.0
+    weights: LossWeights = LossWeights()
+    save_every: int = 0
+    log_every: int = 50
+    seed: int = 0
+    template: str = "a photo of a {}"
+    resume: bool = False
+    half: bool = False
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ClipagError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.lr <= 0:
+            raise ClipagError("--lr must be > 0")
+        if not 0 <= self.weights.uncond < 1:
+            raise ClipagError("--uncond must be in [0, 1)")
+
+
+@dataclass
+class FlowLog:
+    step: int
+    loss: float
+    flow: float
+    kl: float
+    contrastive: float
+    lr: float
+    images_per_s: float
+
+
+class TextCache:
+    """Caption -> unit text embedding from a frozen text tower, each caption encoded once."""
+
+    def __init__(self, guide: Guide, limit: int = 200_000):
+        self.guide, self.limit = guide, limit
+        self.table: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        new = sorted({c for c in captions if c not in self.table})
+        if new:
+            with torch.no_grad():
+                for text, emb in zip(new, self.guide.encode_texts(new)):
+                    if len(self.table) < self.limit:
+                        self.table[text] = emb
+                    else:
+                        return self.guide.encode_texts(captions)
+        return torch.stack([self.table[c] for c in captions])
+
+
+def text_model_name(spec: ModelSpec, guide: Guide) -> str:
+    """How the checkpoint names its text model: the checkpoint path or the preset/arch name."""
+    return str(Path(spec.checkpoint).resolve()) if spec.checkpoint else (spec.model or guide.name)
+
+
+def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.device,
+               on_log: Callable[[FlowLog], None] | None = None,
+               on_step: Callable[[int], None] | None = None) -> Path:
+    config.validate()
+    rank, world = init_distributed(device)
+    out = Path(config.out)
+    saved = state_path(out)
+    if out.exists():
+        if config.resume:
+            return out
+        raise ClipagError(f"{out} exists; pass --resume to continue it or --overwrite")
+    torch.manual_seed(config.seed)
+    text_guide = load_guide(text_spec, device, quiet=rank != 0)
+    text_guide.model.requires_grad_(False)
+    texts = TextCache(text_guide)
+    dataset = open_dataset(config.data, config.template)
+    with torch.no_grad():
+        dim = text_guide.encode_texts(["a photo"]).shape[-1]
+    arch = FlowConfig(text_dim=dim, resolution=config.resolution, width=config.width,
+                      depth=config.depth)
+    model = CrossFlow(arch).to(device).train()
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.warmup, config.steps))
+    step, position = 0, 0
+    if config.resume and saved.exists():
+        step, position = restore(load_state(saved), model, optimizer, scheduler)
+    stream = BatchStream(dataset, config.batch_size, config.resolution, seed=config.seed,
+                         position=position, rank=rank, world=world)
+    batches = iter(stream)
+    tick, seen = time.perf_counter(), 0
+    while step < config.steps:
+        images, captions, _ = next(batches)
+        images = images.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = flow_loss(model, texts(captions), images, config.weights)
+        loss.total.backward()
+        average_gradients(params)
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        seen += len(images)
+        if on_log and (step % config.log_every == 0 or step == config.steps):
+            elapsed = time.perf_counter() - tick
+            on_log(FlowLog(step, loss.total.item(), loss.flow.item(), loss.kl.item(),
+                           loss.contrastive.item(), scheduler.get_last_lr()[0],
+                           seen * world / max(elapsed, 1e-9)))
+            tick, seen = time.perf_counter(), 0
+        if config.save_every and step % config.save_every == 0 and step < config.steps and rank == 0:
+            save_state(saved, model, optimizer, scheduler, step, stream.position)
+        if on_step:
+            on_step(step)
+    if rank == 0:
+        meta = {"name": out.stem, "text_model": text_model_name(text_spec, text_guide),
+                "text_probe": text_probe(text_guide.encode_texts), "steps": config.steps,
+                "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed,
+                "data": str(config.data), "data_fingerprint": dataset.fingerprint(),
+                "loss_weights": asdict(config.weights)}
+        save_flow(out, model, meta, half=config.half)
+        if saved.exists():
+            saved.unlink()
+    barrier()
+    return out
