@@ -12,7 +12,8 @@ from clipag.augment import ViewConfig
 from clipag.batch import batches, plan, run_batch
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
-from clipag.generate import GenerateConfig
+from clipag.crossflow import SampleConfig
+from clipag.generate import GenerateConfig, check_init
 from clipag.models import DEFAULT_PRESET, PRESETS, load_guide
 from clipag.prompts import Job, parse_prompt, read_prompts_file
 
@@ -49,7 +50,12 @@ V = ViewConfig()
 @click.option("--threshold", type=float, default=D.threshold, show_default=True,
               help="dynamic-thresholding percentile (0 = clamp)")
 @click.option("--init", "init", default=D.init, show_default=True,
-              help="gmm (embedded mixture), noise, or a mixture file from `clipag init fit`")
+              help="gmm (embedded mixture), noise, a mixture file from `clipag init fit`, or "
+                   "crossflow[:FILE] (a learned draft; the embedded world flow without FILE)")
+@click.option("--flow-steps", type=int, default=D.flow.steps, show_default=True,
+              help="ODE steps of the CrossFlow draft")
+@click.option("--flow-guidance", type=float, default=D.flow.guidance, show_default=True,
+              help="classifier-free guidance scale of the CrossFlow draft")
 @click.option("--init-image", type=click.Path(dir_okay=False), help="start from this image")
 @click.option("--init-candidates", type=int, default=D.init_candidates, show_default=True,
               help="best-of-N mixture samples scored by the model")
@@ -63,8 +69,8 @@ V = ViewConfig()
 @click.option("--quiet", "-q", is_flag=True)
 def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir, samples, seed,
                  spec, device, steps, lr, size, views, patch_views, patch_fraction, global_weight,
-                 patch_weight, noise, grad_clip, threshold, init, init_image, init_candidates,
-                 scales, batch_size, save_every, overwrite, quiet):
+                 patch_weight, noise, grad_clip, threshold, init, flow_steps, flow_guidance,
+                 init_image, init_candidates, scales, batch_size, save_every, overwrite, quiet):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
     if bool(prompt) == bool(prompts_file):
         raise ClipagError("give a PROMPT or --prompts-file, not both and not neither")
@@ -81,9 +87,9 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
                             global_weight=global_weight, patch_weight=patch_weight,
                             threshold=threshold, views=view_config, init=init,
                             init_image=init_image, init_candidates=init_candidates,
-                            scales=scales, save_every=save_every)
-    if init not in ("gmm", "noise") and not Path(init).is_file():
-        raise ClipagError(f"--init must be gmm, noise or a mixture file; {init!r} not found")
+                            scales=scales, save_every=save_every,
+                            flow=SampleConfig(steps=flow_steps, guidance=flow_guidance))
+    check_init(init)
     tasks = plan(jobs, config, Path(outdir), samples, seed, tuple(negative),
                  Path(output) if output else None)
     if output and len(tasks) > 1:

@@ -12,8 +12,9 @@ import torch
 
 from .augment import ViewConfig
 from .errors import ClipagError
-from .generate import GenerateConfig, Result, StepInfo, encode_targets, initial_images, optimise
-from .init import DEFAULT_GMM, GaussianMixture
+from .crossflow import FlowInit
+from .generate import (GenerateConfig, Result, StepInfo, encode_targets, init_source,
+                       initial_images, optimise)
 from .models import Guide
 from .output import save_gif, save_png, save_sidecar, slug
 from .prompts import Job, parse_prompt, with_negatives
@@ -95,15 +96,6 @@ def batches(tasks: list[Task], batch_size: int) -> Iterator[list[Task]]:
         yield group
 
 
-def load_mixture(config: GenerateConfig) -> GaussianMixture | None:
-    if config.init_image or config.init == "noise":
-        return None
-    path = DEFAULT_GMM if config.init == "gmm" else Path(config.init)
-    if config.init == "gmm" and not path.is_file():
-        return None
-    return GaussianMixture.load(path)
-
-
 def run_batch(guide: Guide, group: list[Task], model_info: dict[str, Any],
               on_step: Callable[[StepInfo], None] | None = None,
               negative_weight: float = 0.5) -> Result:
@@ -115,8 +107,8 @@ def run_batch(guide: Guide, group: list[Task], model_info: dict[str, Any],
     targets = encode_targets(guide, prompts)
     start = time.perf_counter()
     seeds = [t.seed for t in group]
-    mixture = load_mixture(config)
-    init = initial_images(guide, targets, config, size, seeds, mixture)
+    source = init_source(config, guide)
+    init = initial_images(guide, targets, config, size, seeds, source, prompts)
     torch.manual_seed(seeds[0])  # the augmentations' randomness
     result = optimise(guide, targets, init, config, on_step)
     seconds = (time.perf_counter() - start) / len(group)
@@ -124,7 +116,7 @@ def run_batch(guide: Guide, group: list[Task], model_info: dict[str, Any],
         meta = {"prompt": task.prompt, "parsed": [dataclasses.asdict(p) for p in prompts[b]],
                 "negatives": list(task.negatives), "seed": task.seed, "size": size,
                 "model": model_info, "settings": _jsonable(dataclasses.asdict(config)),
-                "init": "image" if config.init_image else ("gmm" if mixture else "noise"),
+                "init": init_name(config, source),
                 "batch": len(group), "best_loss": result.best_loss[b],
                 "score": result.score[b], "seconds": round(seconds, 3),
                 "device": str(guide.device), "torch": torch.__version__}
@@ -133,6 +125,14 @@ def run_batch(guide: Guide, group: list[Task], model_info: dict[str, Any],
         save_sidecar(task.sidecar, meta)
         save_png(task.png, result.images[b], meta)
     return result
+
+
+def init_name(config: GenerateConfig, source) -> str:
+    if config.init_image:
+        return "image"
+    if isinstance(source, FlowInit):
+        return "crossflow"
+    return "gmm" if source is not None else "noise"
 
 
 def _jsonable(value):

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from .fileio import write_text_atomic
-from .generate import GenerateConfig, encode_targets, initial_images, optimise
-from .batch import load_mixture
+from .generate import GenerateConfig, encode_targets, init_source, initial_images, optimise
 from .judge import judge, read_image
 from .models import Guide, ModelSpec, load_guide
 from .output import save_grid
@@ -54,13 +53,14 @@ def run_guide(guide: Guide, held_out: Guide, prompts: list[str], config: Generat
     hits, totals = defaultdict(int), defaultdict(int)
     images, guide_scores, judge_scores = [], [], []
     start = time.perf_counter()
-    mixture = load_mixture(config)
+    source = init_source(config, guide)
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
-        targets = encode_targets(guide, [parse_prompt(p) for p in chunk])
+        parsed = [parse_prompt(p) for p in chunk]
+        targets = encode_targets(guide, parsed)
         seeds = [seed + i + j for j in range(len(chunk))]
         size = config.validate(guide)
-        init = initial_images(guide, targets, config, size, seeds, mixture)
+        init = initial_images(guide, targets, config, size, seeds, source, parsed)
         torch.manual_seed(seeds[0])
         result = optimise(guide, targets, init, config)
         images.append(result.images)

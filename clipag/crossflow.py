@@ -29,6 +29,8 @@ from torch import nn
 
 from .checkpoint import check_compatible, load_state_dict, read_meta, save_checkpoint
 from .errors import ClipagError
+from .models import Guide, ModelSpec, load_guide
+from .prompts import WeightedPrompt
 
 
 @dataclass(frozen=True)
@@ -262,3 +264,56 @@ def load_flow(path, device: torch.device) -> tuple[CrossFlow, dict]:
     check_compatible(model, state, str(path))
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.to(device).eval(), meta
+
+
+DEFAULT_FLOW = Path(__file__).parent / "assets" / "world-crossflow.safetensors"
+
+
+def text_guide_for(meta: dict, device: torch.device, guide: Guide | None = None,
+                   spec: ModelSpec | None = None) -> Guide:
+    """The CLIP whose text tower the flow was trained with: `guide` when its tower matches,
+    else `spec`, else the model the checkpoint names; refused when the towers differ."""
+    probe = meta.get("text_probe")
+    if guide is not None and probe and same_text_tower(probe, guide.encode_texts):
+        return guide
+    if spec is None or (spec.model is None and spec.checkpoint is None):
+        name = meta.get("text_model", "")
+        spec = ModelSpec(checkpoint=name) if Path(name).suffix else ModelSpec(model=name)
+    text = load_guide(spec, device, quiet=True)
+    if probe and not same_text_tower(probe, text.encode_texts):
+        raise ClipagError(f"this CrossFlow was trained on the text tower of "
+                          f"{meta.get('text_model')!r}; {text.name} has a different one")
+    return text
+
+
+@dataclass
+class FlowInit:
+    """Low-resolution drafts from a CrossFlow, one per (prompt, seed), to start the refiner."""
+
+    model: CrossFlow
+    text: Guide
+    sampling: SampleConfig
+
+    def condition(self, prompts: list[WeightedPrompt]) -> torch.Tensor:
+        """(D,) the weighted mean of the positive prompts' embeddings, unit norm."""
+        positive = [p for p in prompts if p.weight > 0]
+        with torch.no_grad():
+            emb = self.text.encode_texts([p.text for p in positive])
+        weights = torch.tensor([p.weight for p in positive], device=emb.device)
+        return F.normalize((emb * weights[:, None]).sum(0), dim=-1)
+
+    def draft(self, prompts: list[WeightedPrompt], seed: int) -> torch.Tensor:
+        """(3, R, R) in [0, 1]; the same prompt and seed give the same draft."""
+        text = self.condition(prompts)[None].to(next(self.model.parameters()).device)
+        return sample(self.model, text, self.sampling, torch.Generator().manual_seed(seed))[0]
+
+
+def load_flow_init(spec: str, device: torch.device, guide: Guide | None,
+                   sampling: SampleConfig) -> FlowInit:
+    """`crossflow` (the embedded world flow) or `crossflow:PATH`."""
+    path = Path(spec.split(":", 1)[1]) if ":" in spec else DEFAULT_FLOW
+    if ":" not in spec and not path.is_file():
+        raise ClipagError(f"the embedded CrossFlow is missing from this install ({path}); "
+                          "train one with `clipag crossflow train` and pass --init crossflow:FILE")
+    model, meta = load_flow(path, device)
+    return FlowInit(model, text_guide_for(meta, device, guide), sampling)

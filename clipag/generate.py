@@ -11,12 +11,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pathlib import Path
+
 import torch
 
 from .augment import ViewConfig, Views
+from .crossflow import FlowInit, SampleConfig, load_flow_init
 from .device import autocast
 from .errors import ClipagError
-from .init import GaussianMixture, best_of, from_image, noise, upsample
+from .init import DEFAULT_GMM, GaussianMixture, best_of, from_image, noise, upsample
 from .models import Guide
 from .prompts import WeightedPrompt
 
@@ -32,9 +35,10 @@ class GenerateConfig:
     patch_weight: float = 5.0
     threshold: float = 0.95  # dynamic-thresholding percentile; 0 = plain clamp to [0, 1]
     views: ViewConfig = field(default_factory=ViewConfig)
-    init: str = "gmm"  # "gmm", "noise", or a path to a mixture .safetensors
+    init: str = "gmm"  # "gmm", "noise", a mixture .safetensors, "crossflow[:FILE]"
     init_image: str | None = None
     init_candidates: int = 1000
+    flow: SampleConfig = field(default_factory=SampleConfig)  # with init "crossflow"
     scales: tuple[int, ...] = ()  # coarse-to-fine: optimise first at these sides, then at `size`
     save_every: int = 0
     log_every: int = 10
@@ -57,6 +61,9 @@ class GenerateConfig:
             raise ClipagError("--threshold must be in [0, 1)")
         if self.init_candidates < 1:
             raise ClipagError("--init-candidates must be >= 1")
+        check_init(self.init)
+        if self.init.startswith("crossflow"):
+            self.flow.validate()
         if self.scales:
             sides = (*self.scales, size)
             if min(self.scales) < 8 or any(a >= b for a, b in zip(sides, sides[1:])):
@@ -65,6 +72,19 @@ class GenerateConfig:
             if self.steps < len(sides):
                 raise ClipagError(f"--steps must be >= {len(sides)} for {len(sides)} scales")
         return size
+
+
+def check_init(init: str) -> None:
+    """A clear error for an init that names nothing usable."""
+    if init in ("gmm", "noise", "crossflow"):
+        return
+    if init.startswith("crossflow:"):
+        if not Path(init.split(":", 1)[1]).is_file():
+            raise ClipagError(f"--init {init}: CrossFlow checkpoint not found")
+        return
+    if not Path(init).is_file():
+        raise ClipagError(f"--init must be gmm, noise, crossflow[:FILE] or a mixture file; "
+                          f"{init!r} not found")
 
 
 @dataclass
@@ -115,18 +135,40 @@ def dynamic_threshold(x: torch.Tensor, p: float) -> torch.Tensor:
     return ((y.clamp(-s, s) / s) + 1) / 2
 
 
+InitSource = GaussianMixture | FlowInit | None
+
+
+def init_source(config: GenerateConfig, guide: Guide) -> InitSource:
+    """What starting images are drawn from: a Gaussian mixture, a CrossFlow, or nothing
+    (noise or an init image)."""
+    if config.init_image or config.init == "noise":
+        return None
+    if config.init.startswith("crossflow"):
+        return load_flow_init(config.init, guide.device, guide, config.flow)
+    path = DEFAULT_GMM if config.init == "gmm" else Path(config.init)
+    if config.init == "gmm" and not path.is_file():
+        return None
+    return GaussianMixture.load(path)
+
+
 def initial_images(guide: Guide, targets: Targets, config: GenerateConfig, size: int,
-                   seeds: list[int], mixture: GaussianMixture | None) -> torch.Tensor:
-    """One starting image per seed, each drawn from its own seeded generator."""
+                   seeds: list[int], source: InitSource,
+                   prompts: list[list[WeightedPrompt]] | None = None) -> torch.Tensor:
+    """One starting image per seed, each drawn from its own seeded generator: a CrossFlow
+    draft of the prompt, the best of N mixture samples, noise, or the init image."""
     out = []
     for b, seed in enumerate(seeds):
         g = torch.Generator().manual_seed(seed)
         if config.init_image:
             image = from_image(config.init_image, size)
-        elif config.init == "noise" or mixture is None:
+        elif isinstance(source, FlowInit):
+            if prompts is None:
+                raise ValueError("a CrossFlow init needs the prompts")
+            image = upsample(source.draft(prompts[b], seed)[None].cpu(), size)[0]
+        elif config.init == "noise" or source is None:
             image = noise(size, g)
         else:
-            candidates = mixture.sample(config.init_candidates, g)
+            candidates = source.sample(config.init_candidates, g)
             one = Targets(targets.texts[b:b + 1], targets.weights[b:b + 1])
 
             def score(chunk: torch.Tensor, one=one) -> torch.Tensor:

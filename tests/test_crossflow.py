@@ -141,3 +141,57 @@ def test_train_writes_a_checkpoint_and_resumes_exactly(tmp_path, world_captions,
     assert meta["text_model"].endswith("tiny.safetensors") and len(meta["text_probe"]) == 8
     with pytest.raises(ClipagError, match="exists"):
         train_flow(dataclasses.replace(half, resume=False), spec, torch.device("cpu"))
+
+
+def _flow_for(guide, tmp_path, probe=None, name="flow.safetensors"):
+    from clipag.crossflow import text_probe
+
+    with torch.no_grad():
+        dim = guide.encode_texts(["x"]).shape[-1]
+    torch.manual_seed(0)
+    model = CrossFlow(dataclasses.replace(TINY, text_dim=dim))
+    torch.nn.init.normal_(model.velocity.out.weight, std=0.05)
+    meta = {"text_model": "tiny", "text_probe": probe or text_probe(guide.encode_texts)}
+    return save_flow(tmp_path / name, model, meta)
+
+
+def test_crossflow_init_plugs_into_generate(tmp_path, tiny_guide, tiny_checkpoint):
+    from clipag.crossflow import FlowInit
+    from clipag.generate import GenerateConfig, encode_targets, init_source, initial_images
+    from clipag.init import upsample
+    from clipag.prompts import parse_prompt
+
+    path = _flow_for(tiny_guide, tmp_path)
+    config = GenerateConfig(init=f"crossflow:{path}", flow=SampleConfig(steps=3))
+    source = init_source(config, tiny_guide)
+    assert isinstance(source, FlowInit) and source.text is tiny_guide  # same tower: reused
+    prompts = [parse_prompt("a red circle"), parse_prompt("a blue square")]
+    targets = encode_targets(tiny_guide, prompts)
+    start = initial_images(tiny_guide, targets, config, 32, [5, 6], source, prompts)
+    again = initial_images(tiny_guide, targets, config, 32, [5, 6], source, prompts)
+    assert start.shape == (2, 3, 32, 32) and torch.equal(start, again)
+    draft = source.draft(prompts[0], 5)
+    assert draft.shape == (3, 8, 8)
+    assert torch.allclose(start[0], upsample(draft[None], 32)[0])
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    out = tmp_path / "out.png"
+    result = CliRunner().invoke(cli, ["generate", "a red circle", "-c", str(tiny_checkpoint),
+                                      "--init", f"crossflow:{path}", "--steps", "2", "--views",
+                                      "2", "--patch-views", "0", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    import json
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["init"] == "crossflow" and meta["settings"]["flow"]["steps"] == 10
+
+
+def test_crossflow_init_refuses_a_flow_from_another_text_tower(tmp_path, tiny_guide, tiny_checkpoint):
+    from clipag.crossflow import load_flow, text_guide_for
+
+    path = _flow_for(tiny_guide, tmp_path, probe=[9.0] * 8)
+    _, meta = load_flow(path, torch.device("cpu"))
+    meta["text_model"] = str(tiny_checkpoint)
+    with pytest.raises(ClipagError, match="different one"):
+        text_guide_for(meta, torch.device("cpu"), tiny_guide)
