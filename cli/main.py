@@ -7,6 +7,7 @@ import click
 from clipag import __version__
 
 from .common import Group
+from .crossflow_cmd import crossflow
 from .generate_cmd import generate_cmd
 from .misc_cmd import bench, eval_cmd, init, models_cmd
 from .robustify_cmd import robustify_cmd
@@ -25,6 +26,7 @@ cli.add_command(eval_cmd, "eval")
 cli.add_command(models_cmd, "models")
 cli.add_command(init, "init")
 cli.add_command(world, "world")
+cli.add_command(crossflow, "crossflow")
 cli.add_command(bench, "bench")
 
 

@@ -135,3 +135,49 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_wei
                    config, Path(out), resolve_device(device), batch_size, seed, command)
     out_console = Console()
     out_console.print(table.read_text())
+
+
+@bench.command("init", cls=Command)
+@click.option("--guide", default="world-robust", show_default=True,
+              help="guide model or checkpoint file")
+@click.option("--judge-model", default="world-judge", show_default=True)
+@click.option("--inits", default="gmm,crossflow", show_default=True,
+              help="comma-separated inits: gmm, crossflow, crossflow:FILE, a mixture file")
+@click.option("--refiner-steps", type=Sides(), default="0,25,50,100", show_default=True,
+              help="comma-separated refiner step counts (0 = the start image alone)")
+@click.option("--prompts", type=int, default=16, show_default=True)
+@click.option("--views", type=int, default=32, show_default=True)
+@click.option("--patch-views", type=int, default=32, show_default=True)
+@click.option("--patch-weight", type=float, default=5.0, show_default=True)
+@click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32")
+@click.option("--init-candidates", type=int, default=1000, show_default=True)
+@click.option("--flow-steps", type=int, default=10, show_default=True)
+@click.option("--flow-guidance", type=float, default=2.0, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "-o", default="bench/results", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True)
+def bench_init(guide, judge_model, inits, refiner_steps, prompts, views, patch_views,
+               patch_weight, scales, init_candidates, flow_steps, flow_guidance, batch_size,
+               seed, out, device):
+    """Judge accuracy and time of GMM vs CrossFlow starts at several refiner step counts."""
+    import sys
+
+    from clipag.augment import ViewConfig
+    from clipag.benchmark import run_inits
+    from clipag.crossflow import SampleConfig
+    from clipag.generate import GenerateConfig, check_init
+
+    names = [i.strip() for i in inits.split(",") if i.strip()]
+    for name in names:
+        check_init(name)
+    if not refiner_steps or min(refiner_steps) < 0:
+        raise ClipagError("--refiner-steps must be counts >= 0, e.g. 0,25,50")
+    config = GenerateConfig(init_candidates=init_candidates, patch_weight=patch_weight,
+                            scales=scales, flow=SampleConfig(flow_steps, flow_guidance),
+                            views=ViewConfig(global_views=views, patch_views=patch_views))
+    command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench init"
+    _, table = run_inits(guide, judge_model, prompts, names, list(refiner_steps), config,
+                         Path(out), resolve_device(device), batch_size, seed, command)
+    Console().print(table.read_text())

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from .fileio import write_text_atomic
-from .generate import GenerateConfig, encode_targets, init_source, initial_images, optimise
+from .generate import (GenerateConfig, encode_targets, init_source, initial_images, optimise,
+                       similarity)
+from .init import upsample
 from .judge import judge, read_image
 from .models import Guide, ModelSpec, load_guide
 from .output import save_grid
@@ -48,39 +50,58 @@ class GuideReport:
         return self.guide_score - self.judge_score
 
 
-def run_guide(guide: Guide, held_out: Guide, prompts: list[str], config: GenerateConfig,
-              batch_size: int, seed: int) -> tuple[GuideReport, torch.Tensor]:
-    hits, totals = defaultdict(int), defaultdict(int)
-    images, guide_scores, judge_scores = [], [], []
-    start = time.perf_counter()
+def make_images(guide: Guide, prompts: list[str], config: GenerateConfig, batch_size: int,
+                seed: int) -> tuple[torch.Tensor, list[float]]:
+    """Images of the prompts (the start images alone when `config.steps` is 0) and the
+    guide's own scores of them."""
+    images, scores = [], []
     source = init_source(config, guide)
+    refine = dataclasses.replace(config, steps=max(config.steps, 1))
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
         parsed = [parse_prompt(p) for p in chunk]
         targets = encode_targets(guide, parsed)
         seeds = [seed + i + j for j in range(len(chunk))]
-        size = config.validate(guide)
+        size = refine.validate(guide)
         init = initial_images(guide, targets, config, size, seeds, source, parsed)
-        torch.manual_seed(seeds[0])
-        result = optimise(guide, targets, init, config)
-        images.append(result.images)
-        guide_scores += result.score
-    seconds = (time.perf_counter() - start) / len(prompts)
-    images = torch.cat(images)
+        if config.steps:
+            torch.manual_seed(seeds[0])
+            result = optimise(guide, targets, init, config)
+            images.append(result.images)
+            scores += result.score
+        else:
+            with torch.no_grad():
+                x = upsample(init, guide.image_size) if size != guide.image_size else init
+                scores += similarity(guide.encode_images(x), targets).tolist()
+            images.append(init.cpu())
+    return torch.cat(images), scores
+
+
+def score_images(images: torch.Tensor, prompts: list[str], held_out: Guide
+                 ) -> tuple[dict[str, float], float]:
+    """(analytic judge accuracy per attribute, mean held-out CLIP cosine to the prompt)."""
+    hits, totals = defaultdict(int), defaultdict(int)
     with torch.no_grad():
         size = held_out.image_size
         x = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
                                             antialias=True).to(held_out.device)
-        emb = held_out.encode_images(x)
-        txt = held_out.encode_texts(prompts)
-        judge_scores = (emb * txt).sum(-1).tolist()
+        judge_scores = (held_out.encode_images(x) * held_out.encode_texts(prompts)).sum(-1)
     for image, prompt in zip(images, prompts):
         for attribute, ok in judge(image, prompt).items():
             if attribute in ATTRIBUTES:
                 hits[attribute] += ok
                 totals[attribute] += 1
     accuracy = {a: hits[a] / totals[a] for a in ATTRIBUTES if totals[a]}
-    report = GuideReport(guide.name, accuracy, sum(judge_scores) / len(prompts),
+    return accuracy, judge_scores.mean().item()
+
+
+def run_guide(guide: Guide, held_out: Guide, prompts: list[str], config: GenerateConfig,
+              batch_size: int, seed: int) -> tuple[GuideReport, torch.Tensor]:
+    start = time.perf_counter()
+    images, guide_scores = make_images(guide, prompts, config, batch_size, seed)
+    seconds = (time.perf_counter() - start) / len(prompts)
+    accuracy, judge_score = score_images(images, prompts, held_out)
+    report = GuideReport(guide.name, accuracy, judge_score,
                          sum(guide_scores) / len(prompts), seconds)
     return report, images
 
@@ -143,4 +164,59 @@ def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfi
     return reports, out / "pag.md"
 
 
-__all__ = ["run", "suite", "judge", "read_image", "validate_judge"]
+
+
+@dataclass
+class InitReport:
+    init: str
+    refiner_steps: int
+    accuracy: dict[str, float]
+    judge_score: float
+    seconds_per_image: float
+
+
+def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
+              refiner_steps: list[int], config: GenerateConfig, out: Path,
+              device: torch.device, batch_size: int = 8, seed: int = 0, command: str = ""
+              ) -> tuple[list[InitReport], Path]:
+    """The same prompts from each init (a GMM best-of-N, a CrossFlow draft), refined for each
+    number of steps (0: the start image alone), under one guide and one judge."""
+    out.mkdir(parents=True, exist_ok=True)
+    texts = suite(prompts)
+    held_out = load_guide(ModelSpec(model=judge_model), device)
+    spec = ModelSpec(checkpoint=guide_name) if Path(guide_name).is_file() else ModelSpec(model=guide_name)
+    guide = load_guide(spec, device)
+    reports, rows = [], []
+    for init in inits:
+        for steps in refiner_steps:
+            run = dataclasses.replace(config, init=init, steps=steps)
+            start = time.perf_counter()
+            images, _ = make_images(guide, texts, run, batch_size, seed)
+            seconds = (time.perf_counter() - start) / len(texts)
+            accuracy, judge_score = score_images(images, texts, held_out)
+            reports.append(InitReport(init.split(":")[0], steps, accuracy, judge_score, seconds))
+            rows.extend(images)
+    lines = [f"# Initializer benchmark ({len(texts)} world prompts, guide {guide.name})", "",
+             f"Command: `{command}`", "",
+             f"Refiner: lr {config.lr}, views {config.views.global_views}+"
+             f"{config.views.patch_views}, scales {','.join(map(str, config.scales)) or 'none'}; "
+             f"GMM best of {config.init_candidates}; CrossFlow {config.flow.steps} "
+             f"{config.flow.method} steps, guidance {config.flow.guidance}.", "",
+             "| init | refiner steps | " + " | ".join(f"judge {a}" for a in ATTRIBUTES)
+             + " | held-out CLIP score | s/image |",
+             "|---" * (len(ATTRIBUTES) + 4) + "|"]
+    for r in reports:
+        lines.append(f"| {r.init} | {r.refiner_steps} | "
+                     + " | ".join(f"{r.accuracy.get(a, float('nan')):.2f}" for a in ATTRIBUTES)
+                     + f" | {r.judge_score:.3f} | {r.seconds_per_image:.2f} |")
+    write_text_atomic(out / "init.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "init.json", json.dumps({
+        "prompts": texts, "settings": dataclasses.asdict(config),
+        "reports": [dataclasses.asdict(r) for r in reports]}, indent=2, default=list) + "\n")
+    size = max(r.shape[-1] for r in rows)
+    rows = [upsample(r[None], size)[0] if r.shape[-1] != size else r for r in rows]
+    save_grid(out / "init-grid.png", rows, columns=len(texts), scale=2)
+    return reports, out / "init.md"
+
+
+__all__ = ["run", "run_inits", "suite", "judge", "read_image", "validate_judge"]

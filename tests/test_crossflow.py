@@ -195,3 +195,39 @@ def test_crossflow_init_refuses_a_flow_from_another_text_tower(tmp_path, tiny_gu
     meta["text_model"] = str(tiny_checkpoint)
     with pytest.raises(ClipagError, match="different one"):
         text_guide_for(meta, torch.device("cpu"), tiny_guide)
+
+
+def test_crossflow_commands_train_then_sample(tmp_path, world_captions, tiny_checkpoint):
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cli.main import cli
+    from clipag.output import PNG_KEY
+
+    runner = CliRunner()
+    flow = tmp_path / "flow.safetensors"
+    result = runner.invoke(cli, ["crossflow", "train", str(world_captions), "-o", str(flow),
+                                 "-c", str(tiny_checkpoint), "--resolution", "8", "--width",
+                                 "32", "--depth", "1", "--steps", "3", "--batch-size", "8",
+                                 "--half", "-q"])
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(cli, ["crossflow", "train", str(world_captions), "-o", str(flow),
+                                "-c", str(tiny_checkpoint), "--steps", "3", "-q"])
+    assert again.exit_code != 0 and "exists" in again.output and "Traceback" not in again.output
+    out = tmp_path / "drafts"
+    result = runner.invoke(cli, ["crossflow", "sample", "a red circle", "--flow", str(flow),
+                                 "--samples", "2", "--steps", "3", "--size", "32", "-d", str(out)])
+    assert result.exit_code == 0, result.output
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["a-red-circle-crossflow-s0.png", "a-red-circle-crossflow-s1.png"]
+    image = Image.open(pngs[0])
+    assert image.size == (32, 32)
+    assert json.loads(image.text[PNG_KEY])["seed"] == 0
+    for args, message in [(["--steps", "0"], "steps"), (["--flow", str(tiny_checkpoint)],
+                                                         "not a clipag CrossFlow"),
+                          ([], "exists")]:
+        bad = runner.invoke(cli, ["crossflow", "sample", "a red circle", "--flow", str(flow),
+                                  "-d", str(out), "--samples", "1", *args])
+        assert bad.exit_code != 0 and message in bad.output and "Traceback" not in bad.output

@@ -70,3 +70,32 @@ def test_benchmark_smoke_on_two_prompts(tmp_path):
     assert "world-robust" in text and "judge color" in text
     assert (tmp_path / "pag-grid.png").is_file() and (tmp_path / "pag.json").is_file()
     assert dataclasses.asdict(config)["steps"] == 2
+
+
+def test_embedded_crossflow_drafts_show_their_prompt():
+    """The shipped world CrossFlow alone: its drafts' background colour follows the prompt."""
+    from clipag.benchmark import suite
+    from clipag.crossflow import DEFAULT_FLOW, FlowInit, SampleConfig, load_flow, text_guide_for
+    from clipag.judge import judge
+    from clipag.prompts import parse_prompt
+
+    assert DEFAULT_FLOW.stat().st_size < 8 * 2**20
+    model, meta = load_flow(DEFAULT_FLOW, CPU)
+    drafter = FlowInit(model, text_guide_for(meta, CPU), SampleConfig())
+    prompts = suite(12, seed=4321)
+    hits = [judge(drafter.draft(parse_prompt(p), seed=i), p)["background"]
+            for i, p in enumerate(prompts)]
+    assert sum(hits) / len(hits) >= 0.75
+
+
+def test_init_benchmark_smoke(tmp_path):
+    from clipag.benchmark import run_inits
+
+    config = GenerateConfig(init_candidates=4, views=ViewConfig(global_views=2, patch_views=2))
+    reports, table = run_inits("world-robust", "world-judge", 2, ["gmm", "crossflow"], [0, 1],
+                               config, tmp_path, CPU, batch_size=2)
+    assert [(r.init, r.refiner_steps) for r in reports] == [
+        ("gmm", 0), ("gmm", 1), ("crossflow", 0), ("crossflow", 1)]
+    assert all(0 <= v <= 1 for r in reports for v in r.accuracy.values())
+    assert "| crossflow | 0 |" in table.read_text()
+    assert (tmp_path / "init-grid.png").is_file() and (tmp_path / "init.json").is_file()

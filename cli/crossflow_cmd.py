@@ -1,0 +1,126 @@
+"""`clipag crossflow train` and `clipag crossflow sample`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from clipag.crossflow import (DEFAULT_FLOW, FlowInit, LossWeights, SampleConfig, load_flow,
+                              text_guide_for)
+from clipag.crossflow_train import FlowTrainConfig, train_flow
+from clipag.device import resolve_device
+from clipag.errors import ClipagError
+from clipag.init import upsample
+from clipag.output import save_png, slug
+from clipag.prompts import parse_prompt
+
+from .common import Command, Group, console, model_options
+
+
+@click.group(cls=Group)
+def crossflow():
+    """CrossFlow: a noise-free text-to-image flow, used as a learned initializer."""
+
+
+@crossflow.command("train", cls=Command)
+@click.argument("data")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="final checkpoint (.safetensors); training state goes beside it")
+@model_options(default_hint="world-robust")
+@click.option("--resolution", type=int, default=16, show_default=True, help="image side of the flow")
+@click.option("--width", type=int, default=192, show_default=True)
+@click.option("--depth", type=int, default=4, show_default=True)
+@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="global batch")
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--warmup", type=int, default=100, show_default=True)
+@click.option("--kl-weight", type=float, default=LossWeights.kl, show_default=True)
+@click.option("--contrastive-weight", type=float, default=LossWeights.contrastive, show_default=True)
+@click.option("--uncond", type=float, default=LossWeights.uncond, show_default=True,
+              help="share of indicator-0 pairs (for classifier-free guidance)")
+@click.option("--save-every", type=int, default=100, show_default=True)
+@click.option("--log-every", type=int, default=50, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--template", default="a photo of a {}", show_default=True,
+              help="caption template for class folders")
+@click.option("--resume", is_flag=True, help="continue from the saved training state")
+@click.option("--overwrite", is_flag=True, help="replace an existing output")
+@click.option("--half", is_flag=True, help="store the final weights in fp16")
+@click.option("--quiet", "-q", is_flag=True)
+def train_cmd(data, out, spec, device, resolution, width, depth, steps, batch_size, lr,
+              weight_decay, warmup, kl_weight, contrastive_weight, uncond, save_every, log_every,
+              seed, template, resume, overwrite, half, quiet):
+    """Train a CrossFlow on DATA, with text embeddings from a CLIP's text tower (--model)."""
+    out_path = Path(out)
+    if overwrite and out_path.exists():
+        out_path.unlink()
+    config = FlowTrainConfig(
+        data=data, out=out, resolution=resolution, width=width, depth=depth, steps=steps,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+        weights=LossWeights(kl_weight, contrastive_weight, uncond), save_every=save_every,
+        log_every=log_every, seed=seed, template=template, resume=resume, half=half)
+    dev = resolve_device(device)
+    with Progress(TextColumn("[bold]crossflow"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+                  disable=quiet) as progress:
+        task = progress.add_task("train", total=steps, info="")
+
+        def on_log(log):
+            info = (f"loss {log.loss:.4f} flow {log.flow:.4f} kl {log.kl:.3f} "
+                    f"con {log.contrastive:.3f} {log.images_per_s:.0f} img/s")
+            progress.update(task, info=info)
+            if not console.is_terminal:
+                console.print(f"step {log.step} {info}")
+
+        path = train_flow(config, spec, dev, on_log=on_log,
+                          on_step=lambda s: progress.update(task, completed=s))
+    click.echo(str(path))
+
+
+@crossflow.command("sample", cls=Command)
+@click.argument("prompt")
+@click.option("--flow", "flow_path", default=None, type=click.Path(dir_okay=False),
+              help="CrossFlow checkpoint [default: the embedded world flow]")
+@click.option("--outdir", "-d", default="outputs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--samples", type=int, default=4, show_default=True, help="images (seeds seed..)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=int, default=SampleConfig.steps, show_default=True, help="ODE steps")
+@click.option("--guidance", type=float, default=SampleConfig.guidance, show_default=True)
+@click.option("--method", type=click.Choice(["euler", "heun"]), default="euler", show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="spread of the text latent (0 = its mean: one image per prompt)")
+@click.option("--size", type=int, default=None, help="upsample the output to this side")
+@click.option("--overwrite", is_flag=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+def sample_cmd(prompt, flow_path, outdir, samples, seed, steps, guidance, method, temperature,
+               size, overwrite, device):
+    """Sample low-resolution images of PROMPT from a CrossFlow alone (no refiner)."""
+    import torch
+
+    if samples < 1:
+        raise ClipagError("--samples must be >= 1")
+    if size is not None and not 8 <= size <= 4096:
+        raise ClipagError(f"impossible size {size}: use 8..4096 pixels")
+    config = SampleConfig(steps, guidance, method, temperature)
+    config.validate()
+    dev = resolve_device(device)
+    model, meta = load_flow(Path(flow_path) if flow_path else DEFAULT_FLOW, dev)
+    text = text_guide_for(meta, dev)
+    parsed = parse_prompt(prompt)
+    drafter = FlowInit(model, text, config)
+    out = Path(outdir)
+    for k in range(samples):
+        path = out / f"{slug(prompt)}-crossflow-s{seed + k}.png"
+        if path.exists() and not overwrite:
+            raise ClipagError(f"{path} exists; pass --overwrite to replace it")
+        image = drafter.draft(parsed, seed + k).cpu()
+        if size:
+            image = upsample(image[None], size)[0]
+        save_png(path, image, {"prompt": prompt, "seed": seed + k, "init": "crossflow",
+                               "flow": meta.get("name"), "steps": steps, "guidance": guidance,
+                               "method": method, "temperature": temperature,
+                               "torch": torch.__version__})
+        click.echo(str(path))
