@@ -3,7 +3,7 @@ PIP = $(PYTHON) -m pip
 # The torch build these machines serve from local disk; elsewhere any recent torch works.
 TORCH = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test lint bench bench-speed bench-train bench-pag models clean
+.PHONY: install test lint bench bench-speed bench-train bench-pag bench-init models clean
 
 install:
 	$(PIP) install -q $(TORCH)
@@ -25,6 +25,9 @@ bench-train:
 
 bench-pag:
 	$(PYTHON) -m clipag bench pag
+
+bench-init:
+	$(PYTHON) -m clipag bench init
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Rebuild the embedded world CrossFlow (the learned initializer for `--init crossflow`).
+#   bash examples/train_world_crossflow.sh [WORKDIR]
+# Needs the world data from examples/train_world_models.sh (it exports it if missing) and
+# uses the text tower of the embedded world-vanilla model (world-robust shares it: its
+# robust fine-tuning keeps the text tower frozen). Resumes if interrupted (rerun).
+# Copy WORKDIR/world-crossflow.safetensors to clipag/assets/ to ship it.
+set -euo pipefail
+work=${1:-work/world}
+mkdir -p "$work"
+run() { echo "+ $*" >&2; "$@"; }
+[ -f "$work/data/scenes.jsonl" ] || run clipag world export "$work/data" --n 20000 --seed 0
+
+run clipag crossflow train "$work/data" -o "$work/world-crossflow.safetensors" \
+  --model world-vanilla --resolution 16 --width 128 --depth 4 \
+  --batch-size 64 --steps "${FLOW_STEPS:-3000}" --lr 5e-4 --warmup 100 \
+  --save-every 250 --log-every 100 --half --resume
