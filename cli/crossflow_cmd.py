@@ -72,7 +72,7 @@ def train_cmd(data, out, spec, device, resolution, width, depth, steps, batch_si
             info = (f"loss {log.loss:.4f} flow {log.flow:.4f} kl {log.kl:.3f} "
                     f"con {log.contrastive:.3f} {log.images_per_s:.0f} img/s")
             progress.update(task, info=info)
-            if not console.is_terminal:
+            if not quiet and not console.is_terminal:
                 console.print(f"step {log.step} {info}")
 
         path = train_flow(config, spec, dev, on_log=on_log,

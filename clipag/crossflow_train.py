@@ -131,7 +131,7 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
         scheduler.step()
         step += 1
         seen += len(images)
-        if on_log and (step % config.log_every == 0 or step == config.steps):
+        if on_log and rank == 0 and (step % config.log_every == 0 or step == config.steps):
             elapsed = time.perf_counter() - tick
             on_log(FlowLog(step, loss.total.item(), loss.flow.item(), loss.kl.item(),
                            loss.contrastive.item(), scheduler.get_last_lr()[0],

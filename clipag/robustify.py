@@ -243,9 +243,10 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
         if logging:
             elapsed = time.perf_counter() - tick
             shown = world if config.objective == "contrastive" else 1  # undo the DDP scaling
-            on_log(StepLog(step, total.item() / shown, clean.item() / shown,
-                           scheduler.get_last_lr()[0], seen * world / max(elapsed, 1e-9),
-                           stream.stats.skipped))
+            if rank == 0:  # every rank computed the logged losses (collectives); one prints
+                on_log(StepLog(step, total.item() / shown, clean.item() / shown,
+                               scheduler.get_last_lr()[0], seen * world / max(elapsed, 1e-9),
+                               stream.stats.skipped))
             tick, seen = time.perf_counter(), 0
         if config.save_every and step % config.save_every == 0 and step < config.steps and rank == 0:
             save_state(saved, model, optimizer, scheduler, step, stream.position)
