@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
@@ -21,6 +22,20 @@ from .common import Command, Sides, console, model_options
 
 D = GenerateConfig()
 V = ViewConfig()
+
+
+def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
+    """The preset's recommended value for every setting the user left at its default."""
+    name = spec.model if spec.checkpoint is None else None
+    name = DEFAULT_PRESET if (name is None and spec.checkpoint is None) else name
+    preset = PRESETS.get(name) if name else None
+    if preset is None:
+        return values
+    out = dict(values)
+    for key, value in preset.recommended:
+        if key in out and ctx.get_parameter_source(key) == ParameterSource.DEFAULT:
+            out[key] = value
+    return out
 
 
 @click.command(cls=Command)
@@ -72,6 +87,12 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
                  patch_weight, noise, grad_clip, threshold, init, flow_steps, flow_guidance,
                  init_image, init_candidates, scales, batch_size, save_every, overwrite, quiet):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
+    original_scales, original_patch_views = scales, patch_views
+    chosen = recommended_settings(click.get_current_context(), spec,
+                                  {"scales": scales, "patch_views": patch_views})
+    if chosen["scales"] != scales and steps <= len(chosen["scales"]):
+        chosen["scales"] = scales  # too few steps to split over the recommended stages
+    scales, patch_views = chosen["scales"], chosen["patch_views"]
     if bool(prompt) == bool(prompts_file):
         raise ClipagError("give a PROMPT or --prompts-file, not both and not neither")
     if prompt:
@@ -108,6 +129,9 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
     if spec.model is None and spec.checkpoint is None and not quiet:
         console.print(f"using the embedded default model {DEFAULT_PRESET} "
                       f"({PRESETS[DEFAULT_PRESET].about}); pick another with --model")
+    if chosen != {"scales": original_scales, "patch_views": original_patch_views} and not quiet:
+        console.print("with its recommended settings: --scales "
+                      f"{','.join(map(str, scales)) or 'none'} --patch-views {patch_views}")
     guide = load_guide(spec, dev, quiet=quiet)
     model_info = {k: v for k, v in guide.info.items() if k != "config"}
     model_info.update(name=guide.name, checkpoint_name=guide.info.get("name"))

@@ -68,6 +68,8 @@ class Preset:
     source: str  # "embedded:FILE", a URL, "hf-hub:ID", or an open_clip pretrained tag
     robust: bool
     about: str
+    # generate settings measured to work best with this model (used where the user sets none)
+    recommended: tuple[tuple[str, Any], ...] = ()
 
     @property
     def kind(self) -> str:
@@ -93,7 +95,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("openai-vitb32", "ViT-B-32", "openai", False,
            "OpenAI CLIP ViT-B/32, the non-robust baseline"),
     Preset("world-robust", "world-vit", "embedded:world-robust.safetensors", True,
-           "procedural-world ViT, adversarially fine-tuned (the offline default)"),
+           "procedural-world ViT, adversarially fine-tuned (the offline default)",
+           (("scales", (8, 16, 32)), ("patch_views", 0))),
     Preset("world-vanilla", "world-vit", "embedded:world-vanilla.safetensors", False,
            "procedural-world ViT, plain contrastive training (non-robust baseline)"),
     Preset("world-judge", "world-rn", "embedded:world-judge.safetensors", False,

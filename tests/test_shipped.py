@@ -99,3 +99,20 @@ def test_init_benchmark_smoke(tmp_path):
     assert all(0 <= v <= 1 for r in reports for v in r.accuracy.values())
     assert "| crossflow | 0 |" in table.read_text()
     assert (tmp_path / "init-grid.png").is_file() and (tmp_path / "init.json").is_file()
+
+
+def test_default_model_brings_its_recommended_settings_unless_overridden(tmp_path):
+    def settings(*args):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"
+        result = CliRunner().invoke(cli, ["generate", "a red square", "-o", str(out), "--steps",
+                                          "4", "--views", "2", "--init-candidates", "4", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(out.with_suffix(".json").read_text())["settings"], result.output
+
+    chosen, output = settings()
+    assert chosen["scales"] == [8, 16, 32] and chosen["views"]["patch_views"] == 0
+    assert "recommended settings" in output
+    chosen, _ = settings("--scales", "16", "--patch-views", "2")
+    assert chosen["scales"] == [16] and chosen["views"]["patch_views"] == 2
+    chosen, _ = settings("--model", "world-vanilla")
+    assert chosen["scales"] == [] and chosen["views"]["patch_views"] == 32
