@@ -140,6 +140,11 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
     return "\n".join(lines)
 
 
+def spec_for(name: str) -> ModelSpec:
+    """A checkpoint file if `name` is one, else a model or preset name."""
+    return ModelSpec(checkpoint=name) if Path(name).is_file() else ModelSpec(model=name)
+
+
 def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfig,
         out: Path, device: torch.device, batch_size: int = 8, seed: int = 0,
         command: str = "") -> tuple[list[GuideReport], Path]:
@@ -148,8 +153,7 @@ def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfi
     held_out = load_guide(ModelSpec(model=judge_model), device)
     reports, rows = [], []
     for name in guides:
-        spec = ModelSpec(checkpoint=name) if Path(name).is_file() else ModelSpec(model=name)
-        guide = load_guide(spec, device)
+        guide = load_guide(spec_for(name), device)
         report, images = run_guide(guide, held_out, texts, config, batch_size, seed)
         reports.append(report)
         rows.extend(images)
@@ -184,8 +188,7 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
     out.mkdir(parents=True, exist_ok=True)
     texts = suite(prompts)
     held_out = load_guide(ModelSpec(model=judge_model), device)
-    spec = ModelSpec(checkpoint=guide_name) if Path(guide_name).is_file() else ModelSpec(model=guide_name)
-    guide = load_guide(spec, device)
+    guide = load_guide(spec_for(guide_name), device)
     reports, rows = [], []
     for init in inits:
         for steps in refiner_steps:

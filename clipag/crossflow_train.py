@@ -16,8 +16,8 @@ from .crossflow import CrossFlow, FlowConfig, LossWeights, flow_loss, save_flow,
 from .data import BatchStream, open_dataset
 from .errors import ClipagError
 from .models import Guide, ModelSpec, load_guide
-from .training import (average_gradients, barrier, init_distributed, load_state, lr_factor,
-                       restore, save_state, state_path)
+from .training import (average_gradients, barrier, finished, init_distributed, load_state,
+                       lr_factor, restore, save_state, state_path)
 
 
 @dataclass
@@ -93,10 +93,8 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
     rank, world = init_distributed(device)
     out = Path(config.out)
     saved = state_path(out)
-    if out.exists():
-        if config.resume:
-            return out
-        raise ClipagError(f"{out} exists; pass --resume to continue it or --overwrite")
+    if finished(out, config.resume):
+        return out
     torch.manual_seed(config.seed)
     text_guide = load_guide(text_spec, device, quiet=rank != 0)
     text_guide.model.requires_grad_(False)

@@ -29,8 +29,8 @@ from .data import BatchStream, Dataset, open_dataset, split
 from .device import autocast
 from .errors import ClipagError
 from .models import Guide, ModelSpec, load_guide
-from .training import (average_gradients, barrier, gather, init_distributed, load_state,
-                       lr_factor, restore, save_state, state_path, world_info)
+from .training import (average_gradients, barrier, finished, gather, init_distributed,
+                       load_state, lr_factor, restore, save_state, state_path, world_info)
 
 OBJECTIVES = ("contrastive", "tecoa", "fare")
 
@@ -192,10 +192,8 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
     rank, world = init_distributed(device)
     out = Path(config.out)
     saved = state_path(out)
-    if out.exists():
-        if config.resume:
-            return out  # finished earlier: nothing left to do
-        raise ClipagError(f"{out} exists; pass --resume to continue it or --overwrite")
+    if finished(out, config.resume):
+        return out
     torch.manual_seed(config.seed)
     guide = load_guide(spec, device, quiet=rank != 0)
     arch = guide.info.get("arch")

@@ -68,6 +68,16 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state.pt")
 
 
+def finished(out: Path, resume: bool) -> bool:
+    """True when `out` was written by an earlier run being resumed; refuses to replace it
+    otherwise."""
+    if not out.exists():
+        return False
+    if resume:
+        return True
+    raise ClipagError(f"{out} exists; pass --resume to continue it or --overwrite")
+
+
 def save_state(path: Path, model, optimizer, scheduler, step: int, position: int) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "step": step, "position": position,
