@@ -109,13 +109,13 @@ def sample_cmd(prompt, flow_path, outdir, samples, seed, steps, guidance, method
     dev = resolve_device(device)
     model, meta = load_flow(Path(flow_path) if flow_path else DEFAULT_FLOW, dev)
     text = text_guide_for(meta, dev)
+    paths = [Path(outdir) / f"{slug(prompt)}-crossflow-s{seed + k}.png" for k in range(samples)]
+    taken = [p for p in paths if p.exists()]
+    if taken and not overwrite:
+        raise ClipagError(f"{taken[0]} exists; pass --overwrite to replace it")
     parsed = parse_prompt(prompt)
     drafter = FlowInit(model, text, config)
-    out = Path(outdir)
-    for k in range(samples):
-        path = out / f"{slug(prompt)}-crossflow-s{seed + k}.png"
-        if path.exists() and not overwrite:
-            raise ClipagError(f"{path} exists; pass --overwrite to replace it")
+    for k, path in enumerate(paths):
         image = drafter.draft(parsed, seed + k).cpu()
         if size:
             image = upsample(image[None], size)[0]

@@ -71,14 +71,13 @@ class TextCache:
 
     def __call__(self, captions: list[str]) -> torch.Tensor:
         new = sorted({c for c in captions if c not in self.table})
+        fresh = {}
         if new:
             with torch.no_grad():
-                for text, emb in zip(new, self.guide.encode_texts(new)):
-                    if len(self.table) < self.limit:
-                        self.table[text] = emb
-                    else:
-                        return self.guide.encode_texts(captions)
-        return torch.stack([self.table[c] for c in captions])
+                fresh = dict(zip(new, self.guide.encode_texts(new)))
+            room = max(0, self.limit - len(self.table))
+            self.table.update(list(fresh.items())[:room])
+        return torch.stack([self.table[c] if c in self.table else fresh[c] for c in captions])
 
 
 def text_model_name(spec: ModelSpec, guide: Guide) -> str:
