@@ -56,7 +56,8 @@ def make_images(guide: Guide, prompts: list[str], config: GenerateConfig, batch_
     guide's own scores of them."""
     images, scores = [], []
     source = init_source(config, guide)
-    refine = dataclasses.replace(config, steps=max(config.steps, 1))
+    # With no refiner steps the scales plan nothing: validate as a one-step run without them.
+    refine = config if config.steps else dataclasses.replace(config, steps=1, scales=())
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
         parsed = [parse_prompt(p) for p in chunk]

@@ -91,11 +91,12 @@ def test_embedded_crossflow_drafts_show_their_prompt():
 def test_init_benchmark_smoke(tmp_path):
     from clipag.benchmark import run_inits
 
-    config = GenerateConfig(init_candidates=4, views=ViewConfig(global_views=2, patch_views=2))
-    reports, table = run_inits("world-robust", "world-judge", 2, ["gmm", "crossflow"], [0, 1],
+    config = GenerateConfig(init_candidates=4, views=ViewConfig(global_views=2, patch_views=2),
+                            scales=(16,))
+    reports, table = run_inits("world-robust", "world-judge", 2, ["gmm", "crossflow"], [0, 2],
                                config, tmp_path, CPU, batch_size=2)
     assert [(r.init, r.refiner_steps) for r in reports] == [
-        ("gmm", 0), ("gmm", 1), ("crossflow", 0), ("crossflow", 1)]
+        ("gmm", 0), ("gmm", 2), ("crossflow", 0), ("crossflow", 2)]
     assert all(0 <= v <= 1 for r in reports for v in r.accuracy.values())
     assert "| crossflow | 0 |" in table.read_text()
     assert (tmp_path / "init-grid.png").is_file() and (tmp_path / "init.json").is_file()
