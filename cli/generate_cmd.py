@@ -59,6 +59,8 @@ def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
               help="patch side as a fraction of the image side")
 @click.option("--global-weight", type=float, default=D.global_weight, show_default=True)
 @click.option("--patch-weight", type=float, default=D.patch_weight, show_default=True)
+@click.option("--jitter", type=float, default=1.0, show_default=True,
+              help="colour-jitter strength of the views: 1 = reference, 0 = none")
 @click.option("--noise", type=float, default=V.noise, show_default=True, help="per-view pixel noise std")
 @click.option("--grad-clip", type=float, default=D.grad_clip, show_default=True,
               help="per-image gradient-norm clip (0 = off)")
@@ -84,7 +86,7 @@ def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
 @click.option("--quiet", "-q", is_flag=True)
 def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir, samples, seed,
                  spec, device, steps, lr, size, views, patch_views, patch_fraction, global_weight,
-                 patch_weight, noise, grad_clip, threshold, init, flow_steps, flow_guidance,
+                 patch_weight, jitter, noise, grad_clip, threshold, init, flow_steps, flow_guidance,
                  init_image, init_candidates, scales, batch_size, save_every, overwrite, quiet):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
     original_scales, original_patch_views = scales, patch_views
@@ -103,7 +105,7 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
     if init_image and not Path(init_image).is_file():
         raise ClipagError(f"init image not found: {init_image}")
     view_config = ViewConfig(global_views=views, patch_views=patch_views,
-                             patch_fraction=patch_fraction, noise=noise)
+                             patch_fraction=patch_fraction, noise=noise).with_jitter(jitter)
     config = GenerateConfig(size=size, steps=steps, lr=lr, grad_clip=grad_clip,
                             global_weight=global_weight, patch_weight=patch_weight,
                             threshold=threshold, views=view_config, init=init,

@@ -110,26 +110,32 @@ def bench():
 @click.option("--views", type=int, default=32, show_default=True)
 @click.option("--patch-views", type=int, default=32, show_default=True)
 @click.option("--patch-weight", type=float, default=5.0, show_default=True)
+@click.option("--jitter", type=float, default=1.0, show_default=True,
+              help="colour-jitter strength of the views (1 = reference)")
 @click.option("--lr", type=float, default=0.0175, show_default=True)
 @click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32")
+@click.option("--init", default="gmm", show_default=True,
+              help="gmm, noise, a mixture file or crossflow[:FILE]")
 @click.option("--init-candidates", type=int, default=1000, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", default="bench/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_weight, lr, scales,
-              init_candidates, batch_size, seed, out, device):
+def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_weight, jitter, lr,
+              scales, init, init_candidates, batch_size, seed, out, device):
     """Judge accuracy of images made with each guide on fixed world prompts."""
     import sys
 
     from clipag.augment import ViewConfig
     from clipag.benchmark import run
-    from clipag.generate import GenerateConfig
+    from clipag.generate import GenerateConfig, check_init
 
-    config = GenerateConfig(steps=steps, init_candidates=init_candidates, lr=lr,
+    check_init(init)
+    config = GenerateConfig(steps=steps, init=init, init_candidates=init_candidates, lr=lr,
                             patch_weight=patch_weight, scales=scales,
-                            views=ViewConfig(global_views=views, patch_views=patch_views))
+                            views=ViewConfig(global_views=views,
+                                             patch_views=patch_views).with_jitter(jitter))
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench pag"
     _, table = run([g.strip() for g in guides.split(",") if g.strip()], judge_model, prompts,
                    config, Path(out), resolve_device(device), batch_size, seed, command)
@@ -149,6 +155,8 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_wei
 @click.option("--views", type=int, default=32, show_default=True)
 @click.option("--patch-views", type=int, default=32, show_default=True)
 @click.option("--patch-weight", type=float, default=5.0, show_default=True)
+@click.option("--jitter", type=float, default=1.0, show_default=True,
+              help="colour-jitter strength of the views (1 = reference)")
 @click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32")
 @click.option("--init-candidates", type=int, default=1000, show_default=True)
 @click.option("--flow-steps", type=int, default=10, show_default=True)
@@ -159,7 +167,7 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_wei
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
 def bench_init(guide, judge_model, inits, refiner_steps, prompts, views, patch_views,
-               patch_weight, scales, init_candidates, flow_steps, flow_guidance, batch_size,
+               patch_weight, jitter, scales, init_candidates, flow_steps, flow_guidance, batch_size,
                seed, out, device):
     """Judge accuracy and time of GMM vs CrossFlow starts at several refiner step counts."""
     import sys
@@ -176,7 +184,8 @@ def bench_init(guide, judge_model, inits, refiner_steps, prompts, views, patch_v
         raise ClipagError("--refiner-steps must be counts >= 0, e.g. 0,25,50")
     config = GenerateConfig(init_candidates=init_candidates, patch_weight=patch_weight,
                             scales=scales, flow=SampleConfig(flow_steps, flow_guidance),
-                            views=ViewConfig(global_views=views, patch_views=patch_views))
+                            views=ViewConfig(global_views=views,
+                                             patch_views=patch_views).with_jitter(jitter))
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench init"
     _, table = run_inits(guide, judge_model, prompts, names, list(refiner_steps), config,
                          Path(out), resolve_device(device), batch_size, seed, command)

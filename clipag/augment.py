@@ -8,11 +8,14 @@ scale), a random translation and resize (kornia), and a cutout square (kornia).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
+
+from .errors import ClipagError
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,15 @@ class ViewConfig:
     translate: float = 0.125
     scale: tuple[float, float] = (0.8, 1.2)
     cutout: float = 0.5  # side of the cutout square as a fraction of the view
+
+    def with_jitter(self, strength: float) -> "ViewConfig":
+        """The colour jitter scaled by `strength`: 1 is the reference (brightness U(-0.5, 0.5),
+        saturation U(0, 2), contrast U(0.5, 1.5)), 0 turns it off."""
+        if not 0 <= strength <= 1:
+            raise ClipagError(f"--jitter must be in [0, 1], got {strength}")
+        return dataclasses.replace(self, brightness=0.5 * strength,
+                                   saturation=(1 - strength, 1 + strength),
+                                   contrast=(1 - 0.5 * strength, 1 + 0.5 * strength))
 
 
 def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,8 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
              f"Command: `{command}`", "",
              f"Settings: steps {config.steps}, lr {config.lr}, views "
              f"{config.views.global_views}+{config.views.patch_views} (patch weight "
-             f"{config.patch_weight}), scales {','.join(map(str, config.scales)) or 'none'}, "
+             f"{config.patch_weight}), colour jitter brightness {config.views.brightness:g}, "
+             f"scales {','.join(map(str, config.scales)) or 'none'}, "
              f"init {config.init} (best of {config.init_candidates}), threshold "
              f"{config.threshold}.", "",
              "| guide | " + " | ".join(f"judge {a}" for a in ATTRIBUTES)

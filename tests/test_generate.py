@@ -117,6 +117,23 @@ def test_views_batch_shapes_and_gradients():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def test_jitter_strength_scales_colour_jitter():
+    still = ViewConfig(global_views=4, patch_views=0, noise=0.0, translate=0.0, scale=(1.0, 1.0),
+                       cutout=0.0)
+    x = torch.rand(1, 3, 16, 16)
+    off, _ = Views(16, still.with_jitter(0.0))(x)
+    assert torch.allclose(off, x.expand(4, -1, -1, -1), atol=1e-6)  # no jitter: the image
+    assert still.with_jitter(1.0).brightness == ViewConfig().brightness
+    assert still.with_jitter(1.0).saturation == ViewConfig().saturation
+    half = still.with_jitter(0.5)
+    assert half.brightness == 0.25 and half.saturation == (0.5, 1.5)
+    torch.manual_seed(0)
+    some, _ = Views(16, half)(x)
+    assert not torch.allclose(some, x.expand(4, -1, -1, -1), atol=1e-3)
+    with pytest.raises(ClipagError, match="--jitter"):
+        still.with_jitter(1.5)
+
+
 def test_best_of_n_init_prefers_what_the_model_likes(tiny_guide):
     mixture = fit(torch.rand(64, 3, 4, 4), components=2, rank=2)
     targets = encode_targets(tiny_guide, [parse_prompt("a red circle")])
