@@ -60,7 +60,7 @@ def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
 @click.option("--global-weight", type=float, default=D.global_weight, show_default=True)
 @click.option("--patch-weight", type=float, default=D.patch_weight, show_default=True)
 @click.option("--jitter", type=float, default=1.0, show_default=True,
-              help="colour-jitter strength of the views: 1 = reference, 0 = none")
+              help="colour-jitter strength of the views: 1 = reference, 0 = none, up to 2")
 @click.option("--noise", type=float, default=V.noise, show_default=True, help="per-view pixel noise std")
 @click.option("--grad-clip", type=float, default=D.grad_clip, show_default=True,
               help="per-image gradient-norm clip (0 = off)")

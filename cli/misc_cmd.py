@@ -111,7 +111,7 @@ def bench():
 @click.option("--patch-views", type=int, default=32, show_default=True)
 @click.option("--patch-weight", type=float, default=5.0, show_default=True)
 @click.option("--jitter", type=float, default=1.0, show_default=True,
-              help="colour-jitter strength of the views (1 = reference)")
+              help="colour-jitter strength of the views (1 = reference, 0..2)")
 @click.option("--lr", type=float, default=0.0175, show_default=True)
 @click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32")
 @click.option("--init", default="gmm", show_default=True,
@@ -156,7 +156,7 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_wei
 @click.option("--patch-views", type=int, default=32, show_default=True)
 @click.option("--patch-weight", type=float, default=5.0, show_default=True)
 @click.option("--jitter", type=float, default=1.0, show_default=True,
-              help="colour-jitter strength of the views (1 = reference)")
+              help="colour-jitter strength of the views (1 = reference, 0..2)")
 @click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32")
 @click.option("--init-candidates", type=int, default=1000, show_default=True)
 @click.option("--flow-steps", type=int, default=10, show_default=True)

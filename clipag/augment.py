@@ -33,12 +33,13 @@ class ViewConfig:
 
     def with_jitter(self, strength: float) -> "ViewConfig":
         """The colour jitter scaled by `strength`: 1 is the reference (brightness U(-0.5, 0.5),
-        saturation U(0, 2), contrast U(0.5, 1.5)), 0 turns it off."""
-        if not 0 <= strength <= 1:
-            raise ClipagError(f"--jitter must be in [0, 1], got {strength}")
+        saturation U(0, 2), contrast U(0.5, 1.5)), 0 turns it off, up to 2 goes further (the
+        scales' lower ends stop at 0)."""
+        if not 0 <= strength <= 2:
+            raise ClipagError(f"--jitter must be in [0, 2], got {strength}")
         return dataclasses.replace(self, brightness=0.5 * strength,
-                                   saturation=(1 - strength, 1 + strength),
-                                   contrast=(1 - 0.5 * strength, 1 + 0.5 * strength))
+                                   saturation=(max(0.0, 1 - strength), 1 + strength),
+                                   contrast=(max(0.0, 1 - 0.5 * strength), 1 + 0.5 * strength))
 
 
 def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
     (["generate", "a cat", "--scales", "16,x"], "comma-separated list of sides"),
     (["generate", "a cat", "--scales", "64", "--size", "32"], "--scales must rise"),
     (["generate", "a cat", "--init", "missing.safetensors"], "--init"),
-    (["generate", "a cat", "--jitter", "2"], "--jitter must be in [0, 1]"),
+    (["generate", "a cat", "--jitter", "3"], "--jitter must be in [0, 2]"),
     (["robustify", "/nonexistent", "-o", "x.safetensors", "--model", "clipag-tiny",
       "--pretrained", "none"], "no dataset"),
     (["robustify", "data", "-o", "x.safetensors"], "name the model"),

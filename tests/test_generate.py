@@ -127,11 +127,12 @@ def test_jitter_strength_scales_colour_jitter():
     assert still.with_jitter(1.0).saturation == ViewConfig().saturation
     half = still.with_jitter(0.5)
     assert half.brightness == 0.25 and half.saturation == (0.5, 1.5)
+    assert still.with_jitter(2.0).saturation == (0.0, 3.0)  # scales never go negative
     torch.manual_seed(0)
     some, _ = Views(16, half)(x)
     assert not torch.allclose(some, x.expand(4, -1, -1, -1), atol=1e-3)
     with pytest.raises(ClipagError, match="--jitter"):
-        still.with_jitter(1.5)
+        still.with_jitter(2.5)
 
 
 def test_best_of_n_init_prefers_what_the_model_likes(tiny_guide):
