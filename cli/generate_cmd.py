@@ -89,12 +89,11 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
                  patch_weight, jitter, noise, grad_clip, threshold, init, flow_steps, flow_guidance,
                  init_image, init_candidates, scales, batch_size, save_every, overwrite, quiet):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
-    original_scales, original_patch_views = scales, patch_views
-    chosen = recommended_settings(click.get_current_context(), spec,
-                                  {"scales": scales, "patch_views": patch_views})
+    given = {"scales": scales, "patch_views": patch_views, "jitter": jitter}
+    chosen = recommended_settings(click.get_current_context(), spec, given)
     if chosen["scales"] != scales and steps <= len(chosen["scales"]):
         chosen["scales"] = scales  # too few steps to split over the recommended stages
-    scales, patch_views = chosen["scales"], chosen["patch_views"]
+    scales, patch_views, jitter = chosen["scales"], chosen["patch_views"], chosen["jitter"]
     if bool(prompt) == bool(prompts_file):
         raise ClipagError("give a PROMPT or --prompts-file, not both and not neither")
     if prompt:
@@ -131,9 +130,11 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
     if spec.model is None and spec.checkpoint is None and not quiet:
         console.print(f"using the embedded default model {DEFAULT_PRESET} "
                       f"({PRESETS[DEFAULT_PRESET].about}); pick another with --model")
-    if chosen != {"scales": original_scales, "patch_views": original_patch_views} and not quiet:
-        console.print("with its recommended settings: --scales "
-                      f"{','.join(map(str, scales)) or 'none'} --patch-views {patch_views}")
+    changed = {k: v for k, v in chosen.items() if v != given[k]}
+    if changed and not quiet:
+        console.print("with its recommended settings: " + " ".join(
+            f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+            for k, v in changed.items()))
     guide = load_guide(spec, dev, quiet=quiet)
     model_info = {k: v for k, v in guide.info.items() if k != "config"}
     model_info.update(name=guide.name, checkpoint_name=guide.info.get("name"))
