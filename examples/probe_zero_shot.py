@@ -1,0 +1,60 @@
+"""What a world model can tell apart on clean ground-truth images: zero-shot accuracy per
+attribute (foreground colour, background, shape) over 150 single-object world scenes, each
+ranked against captions "a {colour} {shape} on a {background} background" that differ only in
+that attribute.
+
+    python examples/probe_zero_shot.py world-vanilla world-robust work/world/x.safetensors
+
+A name ending in .state.pt is a robustify resume file (world-vit weights mid-training).
+"""
+
+import random
+import sys
+
+import numpy as np
+import torch
+
+from clipag.models import ModelSpec, load_guide
+from clipag.world import COLORS, SHAPES, render, sample_scene
+
+
+def load(name: str):
+    if name.endswith(".state.pt"):
+        guide = load_guide(ModelSpec(model="world-vanilla"), torch.device("cpu"), quiet=True)
+        guide.model.load_state_dict(torch.load(name, map_location="cpu", weights_only=True)["model"])
+        return guide
+    spec = ModelSpec(checkpoint=name) if name.endswith(".safetensors") else ModelSpec(model=name)
+    return load_guide(spec, torch.device("cpu"), quiet=True)
+
+
+def probe(guide, scenes, images) -> dict[str, float]:
+    options = {"color": list(COLORS), "background": list(COLORS), "shape": list(SHAPES)}
+    result = {}
+    with torch.no_grad():
+        emb = guide.encode_images(images)
+        for attr, values in options.items():
+            right = 0
+            for scene, e in zip(scenes, emb):
+                parts = dict(color=scene.color, background=scene.background, shape=scene.shape)
+                captions = [f"a {p['color']} {p['shape']} on a {p['background']} background"
+                            for p in ({**parts, attr: v} for v in values)]
+                pick = values[int((guide.encode_texts(captions) @ e).argmax())]
+                right += pick == getattr(scene, attr)
+            result[attr] = round(right / len(scenes), 3)
+    return result
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    rng = random.Random(7)
+    scenes = [s for s in (sample_scene(rng) for _ in range(600)) if s.count == 1][:150]
+    images = torch.stack([torch.from_numpy(np.array(render(s, 64))).permute(2, 0, 1).float() / 255
+                          for s in scenes])
+    for name in sys.argv[1:]:
+        guide = load(name)
+        guide.model.eval()
+        print(name, probe(guide, scenes, images))
+
+
+if __name__ == "__main__":
+    main()
