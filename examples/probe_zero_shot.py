@@ -33,13 +33,12 @@ def probe(guide, scenes, images) -> dict[str, float]:
     with torch.no_grad():
         emb = guide.encode_images(images)
         for attr, values in options.items():
-            right = 0
-            for scene, e in zip(scenes, emb):
-                parts = dict(color=scene.color, background=scene.background, shape=scene.shape)
-                captions = [f"a {p['color']} {p['shape']} on a {p['background']} background"
-                            for p in ({**parts, attr: v} for v in values)]
-                pick = values[int((guide.encode_texts(captions) @ e).argmax())]
-                right += pick == getattr(scene, attr)
+            # every scene's candidate captions encoded in one batch: (scenes, values, dim)
+            captions = [f"a {p['color']} {p['shape']} on a {p['background']} background"
+                        for s in scenes for p in ({**vars(s), attr: v} for v in values)]
+            texts = guide.encode_texts(captions).view(len(scenes), len(values), -1)
+            picks = (texts @ emb[:, :, None]).squeeze(-1).argmax(1).tolist()
+            right = sum(values[i] == getattr(s, attr) for i, s in zip(picks, scenes))
             result[attr] = round(right / len(scenes), 3)
     return result
 
