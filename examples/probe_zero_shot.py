@@ -1,7 +1,8 @@
 """What a world model can tell apart on clean ground-truth images: zero-shot accuracy per
 attribute (foreground colour, background, shape) over 150 single-object world scenes, each
 ranked against captions "a {colour} {shape} on a {background} background" that differ only in
-that attribute.
+that attribute; "binding" ranks the true caption against the one with the foreground and
+background colours swapped (chance 0.5), which a model that only counts colours cannot do.
 
     python examples/probe_zero_shot.py world-vanilla world-robust work/world/x.safetensors
 
@@ -40,6 +41,11 @@ def probe(guide, scenes, images) -> dict[str, float]:
             picks = (texts @ emb[:, :, None]).squeeze(-1).argmax(1).tolist()
             right = sum(values[i] == getattr(s, attr) for i, s in zip(picks, scenes))
             result[attr] = round(right / len(scenes), 3)
+        captions = [f"a {a} {s.shape} on a {b} background"
+                    for s in scenes for a, b in ((s.color, s.background), (s.background, s.color))]
+        texts = guide.encode_texts(captions).view(len(scenes), 2, -1)
+        picks = (texts @ emb[:, :, None]).squeeze(-1).argmax(1)
+        result["binding"] = round((picks == 0).float().mean().item(), 3)
     return result
 
 
