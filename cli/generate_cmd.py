@@ -61,6 +61,8 @@ def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
 @click.option("--patch-weight", type=float, default=D.patch_weight, show_default=True)
 @click.option("--jitter", type=float, default=1.0, show_default=True,
               help="colour-jitter strength of the views: 1 = reference, 0 = none, up to 2")
+@click.option("--cutout", type=float, default=V.cutout, show_default=True,
+              help="side of the square each view blanks, as a fraction of the view (0 = none)")
 @click.option("--noise", type=float, default=V.noise, show_default=True, help="per-view pixel noise std")
 @click.option("--grad-clip", type=float, default=D.grad_clip, show_default=True,
               help="per-image gradient-norm clip (0 = off)")
@@ -86,7 +88,7 @@ def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
 @click.option("--quiet", "-q", is_flag=True)
 def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir, samples, seed,
                  spec, device, steps, lr, size, views, patch_views, patch_fraction, global_weight,
-                 patch_weight, jitter, noise, grad_clip, threshold, init, flow_steps, flow_guidance,
+                 patch_weight, jitter, cutout, noise, grad_clip, threshold, init, flow_steps, flow_guidance,
                  init_image, init_candidates, scales, batch_size, save_every, overwrite, quiet):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
     given = {"scales": scales, "patch_views": patch_views, "jitter": jitter}
@@ -104,7 +106,8 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
     if init_image and not Path(init_image).is_file():
         raise ClipagError(f"init image not found: {init_image}")
     view_config = ViewConfig(global_views=views, patch_views=patch_views,
-                             patch_fraction=patch_fraction, noise=noise).with_jitter(jitter)
+                             patch_fraction=patch_fraction, noise=noise,
+                             cutout=cutout).with_jitter(jitter)
     config = GenerateConfig(size=size, steps=steps, lr=lr, grad_clip=grad_clip,
                             global_weight=global_weight, patch_weight=patch_weight,
                             threshold=threshold, views=view_config, init=init,

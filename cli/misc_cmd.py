@@ -112,6 +112,8 @@ def bench():
 @click.option("--patch-weight", type=float, default=5.0, show_default=True)
 @click.option("--jitter", type=float, default=1.0, show_default=True,
               help="colour-jitter strength of the views (1 = reference, 0..2)")
+@click.option("--cutout", type=float, default=0.5, show_default=True,
+              help="side of the square each view blanks, as a fraction of the view (0 = none)")
 @click.option("--lr", type=float, default=0.0175, show_default=True)
 @click.option("--threshold", type=float, default=0.95, show_default=True,
               help="dynamic-thresholding percentile (0 = clamp)")
@@ -124,8 +126,8 @@ def bench():
 @click.option("--out", "-o", default="bench/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_weight, jitter, lr,
-              threshold, scales, init, init_candidates, batch_size, seed, out, device):
+def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_weight, jitter, cutout,
+              lr, threshold, scales, init, init_candidates, batch_size, seed, out, device):
     """Judge accuracy of images made with each guide on fixed world prompts."""
     import sys
 
@@ -136,8 +138,8 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_wei
     check_init(init)
     config = GenerateConfig(steps=steps, init=init, init_candidates=init_candidates, lr=lr,
                             patch_weight=patch_weight, scales=scales, threshold=threshold,
-                            views=ViewConfig(global_views=views,
-                                             patch_views=patch_views).with_jitter(jitter))
+                            views=ViewConfig(global_views=views, patch_views=patch_views,
+                                             cutout=cutout).with_jitter(jitter))
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench pag"
     _, table = run([g.strip() for g in guides.split(",") if g.strip()], judge_model, prompts,
                    config, Path(out), resolve_device(device), batch_size, seed, command)

@@ -126,6 +126,7 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
              f"Settings: steps {config.steps}, lr {config.lr}, views "
              f"{config.views.global_views}+{config.views.patch_views} (patch weight "
              f"{config.patch_weight}), colour jitter brightness {config.views.brightness:g}, "
+             f"cutout {config.views.cutout:g}, "
              f"scales {','.join(map(str, config.scales)) or 'none'}, "
              f"init {config.init} (best of {config.init_candidates}), threshold "
              f"{config.threshold}.", "",

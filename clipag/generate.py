@@ -57,6 +57,8 @@ class GenerateConfig:
             raise ClipagError("--lr must be > 0")
         if self.views.global_views + self.views.patch_views < 1:
             raise ClipagError("at least one view is needed (--views or --patch-views)")
+        if not 0 <= self.views.cutout < 1:
+            raise ClipagError(f"--cutout must be in [0, 1), got {self.views.cutout}")
         if not 0 <= self.threshold < 1:
             raise ClipagError("--threshold must be in [0, 1)")
         if self.init_candidates < 1:

@@ -135,6 +135,18 @@ def test_jitter_strength_scales_colour_jitter():
         still.with_jitter(2.5)
 
 
+def test_cutout_blanks_a_square_of_the_set_side_and_zero_turns_it_off():
+    still = ViewConfig(global_views=64, patch_views=0, noise=0.0, translate=0.0,
+                       scale=(1.0, 1.0)).with_jitter(0.0)
+    x = torch.rand(1, 3, 32, 32) * 0.5 + 0.5  # never 0, so blanked pixels are exactly 0
+    torch.manual_seed(0)
+    views, _ = Views(32, dataclasses.replace(still, cutout=0.25))(x)
+    blanked = (views == 0).all(dim=1).flatten(1).sum(dim=1)
+    assert (blanked == 8 * 8).all()  # a quarter of the side: an 8x8 square in each view
+    off, _ = Views(32, dataclasses.replace(still, cutout=0.0))(x)
+    assert torch.equal(off, x.expand(64, -1, -1, -1))
+
+
 def test_best_of_n_init_prefers_what_the_model_likes(tiny_guide):
     mixture = fit(torch.rand(64, 3, 4, 4), components=2, rank=2)
     targets = encode_targets(tiny_guide, [parse_prompt("a red circle")])
