@@ -91,11 +91,12 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
                  patch_weight, jitter, cutout, noise, grad_clip, threshold, init, flow_steps, flow_guidance,
                  init_image, init_candidates, scales, batch_size, save_every, overwrite, quiet):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
-    given = {"scales": scales, "patch_views": patch_views, "jitter": jitter}
+    given = {"scales": scales, "patch_views": patch_views, "jitter": jitter, "cutout": cutout}
     chosen = recommended_settings(click.get_current_context(), spec, given)
     if chosen["scales"] != scales and steps <= len(chosen["scales"]):
         chosen["scales"] = scales  # too few steps to split over the recommended stages
     scales, patch_views, jitter = chosen["scales"], chosen["patch_views"], chosen["jitter"]
+    cutout = chosen["cutout"]
     if bool(prompt) == bool(prompts_file):
         raise ClipagError("give a PROMPT or --prompts-file, not both and not neither")
     if prompt:

@@ -96,7 +96,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "OpenAI CLIP ViT-B/32, the non-robust baseline"),
     Preset("world-robust", "world-vit", "embedded:world-robust.safetensors", True,
            "procedural-world ViT, adversarially fine-tuned (the offline default)",
-           (("scales", (8, 16, 32)), ("patch_views", 0))),
+           (("scales", (8, 16, 32)), ("patch_views", 0), ("cutout", 0.0))),
     Preset("world-vanilla", "world-vit", "embedded:world-vanilla.safetensors", False,
            "procedural-world ViT, plain contrastive training (non-robust baseline)"),
     Preset("world-judge", "world-rn", "embedded:world-judge.safetensors", False,
