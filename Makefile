@@ -13,7 +13,7 @@ test:
 	$(PYTHON) -m pytest
 
 lint:
-	$(PYTHON) -m ruff check clipag cli tests bench
+	$(PYTHON) -m ruff check clipag cli tests bench examples
 
 bench: bench-speed bench-train
 
