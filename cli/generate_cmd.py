@@ -68,6 +68,8 @@ def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
               help="per-image gradient-norm clip (0 = off)")
 @click.option("--threshold", type=float, default=D.threshold, show_default=True,
               help="dynamic-thresholding percentile (0 = clamp)")
+@click.option("--tv", "tv_weight", type=float, default=D.tv_weight, show_default=True,
+              help="total-variation penalty: smoother images, cleaner backgrounds (0 = off)")
 @click.option("--init", "init", default=D.init, show_default=True,
               help="gmm (embedded mixture), noise, a mixture file from `clipag init fit`, or "
                    "crossflow[:FILE] (a learned draft; the embedded world flow without FILE)")
@@ -88,7 +90,8 @@ def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
 @click.option("--quiet", "-q", is_flag=True)
 def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir, samples, seed,
                  spec, device, steps, lr, size, views, patch_views, patch_fraction, global_weight,
-                 patch_weight, jitter, cutout, noise, grad_clip, threshold, init, flow_steps, flow_guidance,
+                 patch_weight, jitter, cutout, noise, grad_clip, threshold, tv_weight, init,
+                 flow_steps, flow_guidance,
                  init_image, init_candidates, scales, batch_size, save_every, overwrite, quiet):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
     given = {"scales": scales, "patch_views": patch_views, "jitter": jitter, "cutout": cutout}
@@ -111,7 +114,8 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
                              cutout=cutout).with_jitter(jitter)
     config = GenerateConfig(size=size, steps=steps, lr=lr, grad_clip=grad_clip,
                             global_weight=global_weight, patch_weight=patch_weight,
-                            threshold=threshold, views=view_config, init=init,
+                            threshold=threshold, tv_weight=tv_weight, views=view_config,
+                            init=init,
                             init_image=init_image, init_candidates=init_candidates,
                             scales=scales, save_every=save_every,
                             flow=SampleConfig(steps=flow_steps, guidance=flow_guidance))

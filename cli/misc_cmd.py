@@ -117,6 +117,8 @@ def bench():
 @click.option("--lr", type=float, default=0.0175, show_default=True)
 @click.option("--threshold", type=float, default=0.95, show_default=True,
               help="dynamic-thresholding percentile (0 = clamp)")
+@click.option("--tv", "tv_weight", type=float, default=0.0, show_default=True,
+              help="total-variation penalty on the pixels (0 = off)")
 @click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32")
 @click.option("--init", default="gmm", show_default=True,
               help="gmm, noise, a mixture file or crossflow[:FILE]")
@@ -127,7 +129,7 @@ def bench():
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
 def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_weight, jitter, cutout,
-              lr, threshold, scales, init, init_candidates, batch_size, seed, out, device):
+              lr, threshold, tv_weight, scales, init, init_candidates, batch_size, seed, out, device):
     """Judge accuracy of images made with each guide on fixed world prompts."""
     import sys
 
@@ -138,6 +140,7 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_wei
     check_init(init)
     config = GenerateConfig(steps=steps, init=init, init_candidates=init_candidates, lr=lr,
                             patch_weight=patch_weight, scales=scales, threshold=threshold,
+                            tv_weight=tv_weight,
                             views=ViewConfig(global_views=views, patch_views=patch_views,
                                              cutout=cutout).with_jitter(jitter))
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench pag"

@@ -129,7 +129,7 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
              f"cutout {config.views.cutout:g}, "
              f"scales {','.join(map(str, config.scales)) or 'none'}, "
              f"init {config.init} (best of {config.init_candidates}), threshold "
-             f"{config.threshold}.", "",
+             f"{config.threshold}, tv {config.tv_weight:g}.", "",
              "| guide | " + " | ".join(f"judge {a}" for a in ATTRIBUTES)
              + " | held-out CLIP score | guide score | gap (fooling) | s/image |",
              "|---" * (len(ATTRIBUTES) + 5) + "|"]

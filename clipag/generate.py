@@ -13,6 +13,7 @@ from typing import Callable
 
 from pathlib import Path
 
+import kornia
 import torch
 
 from .augment import ViewConfig, Views
@@ -34,6 +35,7 @@ class GenerateConfig:
     global_weight: float = 1.0
     patch_weight: float = 5.0
     threshold: float = 0.95  # dynamic-thresholding percentile; 0 = plain clamp to [0, 1]
+    tv_weight: float = 0.0  # total-variation penalty on the pixels (0 = off, as the reference)
     views: ViewConfig = field(default_factory=ViewConfig)
     init: str = "gmm"  # "gmm", "noise", a mixture .safetensors, "crossflow[:FILE]"
     init_image: str | None = None
@@ -57,6 +59,8 @@ class GenerateConfig:
             raise ClipagError("--lr must be > 0")
         if self.views.global_views + self.views.patch_views < 1:
             raise ClipagError("at least one view is needed (--views or --patch-views)")
+        if self.tv_weight < 0:
+            raise ClipagError(f"--tv must be >= 0, got {self.tv_weight}")
         if not 0 <= self.views.cutout < 1:
             raise ClipagError(f"--cutout must be in [0, 1), got {self.views.cutout}")
         if not 0 <= self.threshold < 1:
@@ -199,6 +203,11 @@ class Result:
     frames: list[torch.Tensor]  # (B, 3, H, W) snapshots every `save_every` steps
 
 
+def smoothness(pixels: torch.Tensor) -> torch.Tensor:
+    """Per-image total variation: mean absolute difference between neighbouring pixels."""
+    return kornia.losses.total_variation(pixels, reduction="mean").mean(dim=1)
+
+
 def _clip_per_image(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     norms = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     return grad * (max_norm / (norms + 1e-12)).clamp(max=1.0)
@@ -261,6 +270,8 @@ def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config:
         loss_g = weighted_distance(emb_g, targets) if n_global else torch.zeros(b, device=device)
         loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
         loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()
+        if config.tv_weight:
+            loss = loss + config.tv_weight * smoothness(pixels).sum()
         loss.backward()
         if config.grad_clip:
             pixels.grad = _clip_per_image(pixels.grad, config.grad_clip)

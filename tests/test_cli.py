@@ -68,6 +68,7 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
     (["generate", "a cat", "--init", "missing.safetensors"], "--init"),
     (["generate", "a cat", "--jitter", "3"], "--jitter must be in [0, 2]"),
     (["generate", "a cat", "--cutout", "1", "--size", "32"], "--cutout must be in [0, 1)"),
+    (["generate", "a cat", "--tv", "-1", "--size", "32"], "--tv must be >= 0"),
     (["bench", "pag", "--threshold", "1", "--prompts", "1", "-o", "b"], "--threshold must be in"),
     (["robustify", "/nonexistent", "-o", "x.safetensors", "--model", "clipag-tiny",
       "--pretrained", "none"], "no dataset"),

@@ -6,7 +6,8 @@ import torch
 from clipag.augment import ViewConfig, Views
 from clipag.errors import ClipagError
 from clipag.generate import (GenerateConfig, Targets, dynamic_threshold, encode_targets,
-                             initial_images, optimise, stage_plan, weighted_distance)
+                             initial_images, optimise, smoothness, stage_plan,
+                             weighted_distance)
 from clipag.init import GaussianMixture, fit
 from clipag.prompts import parse_prompt
 
@@ -31,6 +32,22 @@ def test_loss_goes_down(tiny_guide):
     first, last = losses[0].item(), min(x.item() for x in losses[-5:])
     assert last < first - 0.01, (first, last)
     assert result.best_loss[0] <= min(x.item() for x in losses) + 1e-6
+
+
+def test_smoothness_is_zero_on_flat_images_and_counts_edges():
+    flat = torch.full((1, 3, 8, 8), 0.3)
+    stripes = flat.clone()
+    stripes[..., ::2] = 0.8  # every horizontal neighbour pair differs by 0.5
+    assert smoothness(flat).tolist() == [0.0]
+    assert smoothness(stripes).item() == pytest.approx(0.5)  # mean |difference| per pair
+    assert smoothness(torch.cat([flat, stripes])).shape == (2,)
+
+
+def test_tv_penalty_gives_a_smoother_image(tiny_guide):
+    config = dataclasses.replace(SMALL, steps=20, lr=0.05)
+    plain, _, _ = _run(tiny_guide, config)
+    smooth, _, _ = _run(tiny_guide, dataclasses.replace(config, tv_weight=5.0))
+    assert smoothness(smooth.images) < 0.8 * smoothness(plain.images)
 
 
 def test_same_seed_same_image_bit_for_bit(tiny_guide):
