@@ -24,6 +24,9 @@ D = GenerateConfig()
 V = ViewConfig()
 
 
+FLAGS = {"tv_weight": "tv"}  # settings whose flag is not their name with dashes
+
+
 def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
     """The preset's recommended value for every setting the user left at its default."""
     name = spec.model if spec.checkpoint is None else None
@@ -94,12 +97,13 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
                  flow_steps, flow_guidance,
                  init_image, init_candidates, scales, batch_size, save_every, overwrite, quiet):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
-    given = {"scales": scales, "patch_views": patch_views, "jitter": jitter, "cutout": cutout}
+    given = {"scales": scales, "patch_views": patch_views, "jitter": jitter, "cutout": cutout,
+             "tv_weight": tv_weight}
     chosen = recommended_settings(click.get_current_context(), spec, given)
     if chosen["scales"] != scales and steps <= len(chosen["scales"]):
         chosen["scales"] = scales  # too few steps to split over the recommended stages
     scales, patch_views, jitter = chosen["scales"], chosen["patch_views"], chosen["jitter"]
-    cutout = chosen["cutout"]
+    cutout, tv_weight = chosen["cutout"], chosen["tv_weight"]
     if bool(prompt) == bool(prompts_file):
         raise ClipagError("give a PROMPT or --prompts-file, not both and not neither")
     if prompt:
@@ -141,7 +145,8 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
     changed = {k: v for k, v in chosen.items() if v != given[k]}
     if changed and not quiet:
         console.print("with its recommended settings: " + " ".join(
-            f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+            f"--{FLAGS.get(k, k.replace('_', '-'))} "
+            f"{','.join(map(str, v)) if isinstance(v, tuple) else v}"
             for k, v in changed.items()))
     guide = load_guide(spec, dev, quiet=quiet)
     model_info = {k: v for k, v in guide.info.items() if k != "config"}

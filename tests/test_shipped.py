@@ -112,11 +112,12 @@ def test_default_model_brings_its_recommended_settings_unless_overridden(tmp_pat
 
     chosen, output = settings()
     assert chosen["scales"] == [8, 16, 32] and chosen["views"]["patch_views"] == 0
-    assert chosen["views"]["cutout"] == 0.0
+    assert chosen["views"]["cutout"] == 0.0 and chosen["tv_weight"] == 0.3
     assert "recommended settings" in output and "--cutout 0.0" in output
+    assert "--tv 0.3" in output
     chosen, _ = settings("--scales", "16", "--patch-views", "2", "--cutout", "0.5")
     assert chosen["scales"] == [16] and chosen["views"]["patch_views"] == 2
     assert chosen["views"]["cutout"] == 0.5  # set explicitly, even to the default: kept
     chosen, _ = settings("--model", "world-vanilla")
     assert chosen["scales"] == [] and chosen["views"]["patch_views"] == 32
-    assert chosen["views"]["cutout"] == 0.5
+    assert chosen["views"]["cutout"] == 0.5 and chosen["tv_weight"] == 0.0
