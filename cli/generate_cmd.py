@@ -94,8 +94,8 @@ def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
 def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir, samples, seed,
                  spec, device, steps, lr, size, views, patch_views, patch_fraction, global_weight,
                  patch_weight, jitter, cutout, noise, grad_clip, threshold, tv_weight, init,
-                 flow_steps, flow_guidance,
-                 init_image, init_candidates, scales, batch_size, save_every, overwrite, quiet):
+                 flow_steps, flow_guidance, init_image, init_candidates, scales, batch_size,
+                 save_every, overwrite, quiet):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
     given = {"scales": scales, "patch_views": patch_views, "jitter": jitter, "cutout": cutout,
              "tv_weight": tv_weight}
@@ -119,8 +119,7 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
     config = GenerateConfig(size=size, steps=steps, lr=lr, grad_clip=grad_clip,
                             global_weight=global_weight, patch_weight=patch_weight,
                             threshold=threshold, tv_weight=tv_weight, views=view_config,
-                            init=init,
-                            init_image=init_image, init_candidates=init_candidates,
+                            init=init, init_image=init_image, init_candidates=init_candidates,
                             scales=scales, save_every=save_every,
                             flow=SampleConfig(steps=flow_steps, guidance=flow_guidance))
     check_init(init)
