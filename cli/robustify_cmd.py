@@ -41,6 +41,9 @@ from .common import Command, Number, console, model_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--holdout", type=float, default=0.0, show_default=True,
               help="fraction of the data kept out for evaluation")
+@click.option("--group", type=int, default=1, show_default=True,
+              help="keep runs of K consecutive items in one batch: hard-negative siblings "
+                   "from `clipag world export --siblings K`")
 @click.option("--template", default="a photo of a {}", show_default=True,
               help="caption template for class folders")
 @click.option("--resume", is_flag=True, help="continue from the saved training state")
@@ -49,7 +52,7 @@ from .common import Command, Number, console, model_options
 @click.option("--quiet", "-q", is_flag=True)
 def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, attack_step_size,
                   no_random_start, train_text, steps, batch_size, accum, lr, weight_decay,
-                  warmup, grad_clip, save_every, log_every, seed, holdout, template, resume,
+                  warmup, grad_clip, save_every, log_every, seed, holdout, group, template, resume,
                   overwrite, half, quiet):
     """Adversarially fine-tune a CLIP on DATA (folder, manifest, class folders or tar shards)."""
     if spec.model is None and spec.checkpoint is None:
@@ -63,7 +66,7 @@ def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, a
                          train_text=train_text, steps=steps, batch_size=batch_size, accum=accum,
                          lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
                          save_every=save_every, log_every=log_every, seed=seed, holdout=holdout,
-                         template=template, resume=resume, half=half)
+                         group=group, template=template, resume=resume, half=half)
     dev = resolve_device(device)
     with Progress(TextColumn("[bold]robustify"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,

@@ -22,7 +22,11 @@ def world():
 @click.option("--layout", type=click.Choice(["captions", "classes", "shards"]), default="captions",
               show_default=True)
 @click.option("--digit-fraction", type=float, default=0.1, show_default=True)
-def export(out, count, seed, size, layout, digit_fraction):
+@click.option("--siblings", type=int, default=1, show_default=True,
+              help="Write items in groups of K that differ only in shape (hard negatives); "
+                   "train on them with `clipag robustify --group K`.")
+def export(out, count, seed, size, layout, digit_fraction, siblings):
     """Write COUNT world images in a layout `clipag robustify` reads."""
-    config = world_lib.WorldConfig(seed=seed, size=size, digit_fraction=digit_fraction)
+    config = world_lib.WorldConfig(seed=seed, size=size, digit_fraction=digit_fraction,
+                                   siblings=siblings)
     click.echo(str(world_lib.export(out, count, config, layout)))

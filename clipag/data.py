@@ -198,23 +198,42 @@ class Stats:
 
 class BatchStream:
     """Deterministic batches: step s's batch depends only on (seed, position), so a run can
-    resume exactly from a saved `position`. With `world` > 1, rank r keeps items r::world of
-    each global batch."""
+    resume exactly from a saved `position`. With `world` > 1, rank r keeps groups r::world of
+    each global batch. With `group` = K > 1, runs of K consecutive items (hard-negative
+    siblings, `clipag world export --siblings K`) are shuffled as units and always share a
+    batch and a rank."""
 
     def __init__(self, dataset: Dataset, batch_size: int, image_size: int, seed: int = 0,
                  position: int = 0, rank: int = 0, world: int = 1, holdout: float = 0.0,
-                 cache: bool = True):
-        if batch_size % world:
-            raise ClipagError(f"batch size {batch_size} is not divisible by {world} processes")
+                 cache: bool = True, group: int = 1):
+        if group < 1:
+            raise ClipagError(f"--group must be >= 1, got {group}")
+        if batch_size % (world * group):
+            raise ClipagError(f"batch size {batch_size} is not divisible by {world} processes "
+                              f"x groups of {group}")
+        if group > 1 and not dataset.streamed and len(dataset) % group:
+            raise ClipagError(f"{dataset.root}: {len(dataset)} items do not split into groups "
+                              f"of {group}")
         self.dataset, self.batch_size, self.size = dataset, batch_size, image_size
         self.seed, self.position, self.rank, self.world = seed, position, rank, world
-        self.holdout = holdout
+        self.holdout, self.group = holdout, group
         self.stats = Stats()
         self._cache: dict[int, torch.Tensor | None] | None = {} if cache else None
 
     def _order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.dataset), generator=g)
+        n, k = len(self.dataset), self.group
+        if k == 1:
+            return torch.randperm(n, generator=g)
+        groups = torch.randperm(-(-n // k), generator=g)
+        order = (groups[:, None] * k + torch.arange(k)).flatten()
+        return order[order < n]
+
+    def _mine(self, chunk: list) -> list:
+        """This rank's share of a global batch: groups rank::world."""
+        k = self.group
+        units = [chunk[i:i + k] for i in range(0, len(chunk), k)]
+        return [item for unit in units[self.rank::self.world] for item in unit]
 
     def _map_items(self) -> Iterator[tuple[int, Record]]:
         n = len(self.dataset)
@@ -256,7 +275,7 @@ class BatchStream:
             chunk = [next(items) for _ in range(self.batch_size)]
             self.position += self.batch_size
             images, captions, labels = [], [], []
-            for item in chunk[self.rank::self.world]:
+            for item in self._mine(chunk):
                 if self.dataset.streamed:
                     _, record, data = item
                     image = decode_image(data, self.size)

@@ -53,6 +53,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     holdout: float = 0.0
+    group: int = 1  # keep runs of this many consecutive items in one batch (hard negatives)
     template: str = "a photo of a {}"
     resume: bool = False
     half: bool = False  # store the final weights in fp16 (half the file size)
@@ -67,6 +68,9 @@ class TrainConfig:
             raise ClipagError("--lr must be > 0")
         if not 0 <= self.holdout < 1:
             raise ClipagError("--holdout must be in [0, 1)")
+        if self.group > 1 and self.holdout:
+            raise ClipagError("--group cannot be combined with --holdout (the split would "
+                              "break the groups)")
 
 
 @dataclass
@@ -212,7 +216,8 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
         step, position = restore(load_state(saved), model, optimizer, scheduler)
     stream = BatchStream(dataset, config.batch_size, guide.image_size, seed=config.seed,
                          position=position, rank=rank, world=world,
-                         holdout=config.holdout if dataset.streamed else 0.0)
+                         holdout=config.holdout if dataset.streamed else 0.0,
+                         group=config.group)
     batches = iter(stream)
     tick, seen = time.perf_counter(), 0
     while step < config.steps:

@@ -15,6 +15,7 @@ import json
 import random
 import re
 import tarfile
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -193,16 +194,37 @@ class WorldConfig:
     seed: int = 0
     size: int = 64
     digit_fraction: float = 0.1
+    siblings: int = 1  # items per group of hard negatives (see `sample`)
+
+    def validate(self) -> None:
+        if self.siblings < 1:
+            raise ClipagError(f"--siblings must be >= 1, got {self.siblings}")
+        if not 0 <= self.digit_fraction <= 1:
+            raise ClipagError(f"--digit-fraction must be in [0, 1], got {self.digit_fraction}")
 
 
 def sample(index: int, config: WorldConfig) -> tuple[Image.Image, str, Scene]:
-    """Item `index` of the world: the same (image, caption, scene) for the same seed."""
-    rng = random.Random(f"{config.seed}:{index}")
+    """Item `index` of the world: the same (image, caption, scene) for the same seed.
+
+    With `siblings` = K > 1, items come in groups of K consecutive indices that share
+    colours, background, size, count, positions and caption template and differ only in
+    the shape (each shape once per 4 siblings): hard negatives that make a contrastive batch
+    holding the whole group tell shapes apart. A digit group holds K independent digits."""
+    if config.siblings == 1:
+        rng = random.Random(f"{config.seed}:{index}")
+        scene = (sample_digit(rng) if config.digit_fraction and rng.random() < config.digit_fraction
+                 else sample_scene(rng))
+        return render(scene, config.size), caption(scene, rng), scene
+    group, member = divmod(index, config.siblings)
+    rng = random.Random(f"{config.seed}:g{group}")
     if config.digit_fraction and rng.random() < config.digit_fraction:
-        scene = sample_digit(rng)
+        scene = sample_digit(random.Random(f"{config.seed}:g{group}:{member}"))
     else:
-        scene = sample_scene(rng)
-    return render(scene, config.size), caption(scene, rng), scene
+        base = sample_scene(rng)
+        first = rng.randrange(len(SHAPES))
+        scene = dataclasses.replace(base, shape=SHAPES[(first + member) % len(SHAPES)])
+    text = caption(scene, random.Random(f"{config.seed}:g{group}:caption"))
+    return render(scene, config.size), text, scene
 
 
 def items(n: int, config: WorldConfig) -> Iterator[tuple[str, Image.Image, str, Scene]]:
@@ -215,6 +237,7 @@ def export(out: Path, n: int, config: WorldConfig, layout: str = "captions",
            shard_size: int = 5000) -> Path:
     """Write `n` items in a layout `clipag robustify` reads; also `scenes.jsonl` with the
     ground truth of every item."""
+    config.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     truth = []

@@ -73,6 +73,9 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
     (["robustify", "/nonexistent", "-o", "x.safetensors", "--model", "clipag-tiny",
       "--pretrained", "none"], "no dataset"),
     (["robustify", "data", "-o", "x.safetensors"], "name the model"),
+    (["robustify", "data", "-o", "x.safetensors", "--model", "clipag-tiny", "--pretrained",
+      "none", "--group", "4", "--holdout", "0.1"], "--group cannot be combined with --holdout"),
+    (["world", "export", "w", "--n", "4", "--siblings", "0"], "--siblings must be >= 1"),
 ])
 def test_bad_input_one_line_nonzero(tmp_path, tiny_checkpoint, args, message):
     os.chdir(tmp_path)

@@ -94,3 +94,39 @@ def test_bad_datasets(tmp_path):
     (tmp_path / "a.txt").write_text("a caption")
     with pytest.raises(ClipagError, match="divisible"):
         BatchStream(open_dataset(tmp_path), 3, 32, world=2)
+
+
+def test_groups_stay_whole_in_batches_and_ranks(tmp_path):
+    from clipag import world
+    root = world.export(tmp_path / "sib", 48, world.WorldConfig(seed=2, size=16, siblings=4,
+                                                                        digit_fraction=0.0))
+    ds = open_dataset(root)
+    stream = iter(BatchStream(ds, 8, 16, seed=1, group=4))
+    keys = {r.caption: r.key.split(".")[0] for r in ds.records}
+    assert len(keys) == 48  # every caption unique here: it names the item
+    seen = []
+    for _ in range(8):  # crosses an epoch boundary (48 / 8 = 6)
+        _, captions, _ = next(stream)
+        indices = [int(keys[c]) for c in captions]
+        for start in range(0, 8, 4):
+            unit = indices[start:start + 4]
+            assert unit == list(range(unit[0], unit[0] + 4)) and unit[0] % 4 == 0
+        seen.append(indices)
+    groups = [i // 4 for batch in seen[:6] for i in batch[::4]]
+    assert sorted(groups) == list(range(12)) and groups != sorted(groups)  # shuffled as units
+    again = iter(BatchStream(ds, 8, 16, seed=1, group=4))
+    assert [int(keys[c]) for c in next(again)[1]] == seen[0]
+    halves = [next(iter(BatchStream(ds, 8, 16, seed=1, group=4, rank=r, world=2)))[1]
+              for r in (0, 1)]
+    assert [int(keys[c]) for c in halves[0]] == seen[0][:4]
+    assert [int(keys[c]) for c in halves[1]] == seen[0][4:]
+
+
+def test_group_errors(tmp_path, world_captions):
+    ds = open_dataset(world_captions)
+    with pytest.raises(ClipagError, match="divisible by 1 processes x groups of 4"):
+        BatchStream(ds, 6, 32, group=4)
+    with pytest.raises(ClipagError, match="96 items do not split into groups of 5"):
+        BatchStream(ds, 10, 32, group=5)
+    with pytest.raises(ClipagError, match="--group must be >= 1"):
+        BatchStream(ds, 8, 32, group=0)

@@ -1,4 +1,7 @@
+import pytest
+
 from clipag import world
+from clipag.errors import ClipagError
 
 
 def test_world_is_deterministic():
@@ -77,3 +80,25 @@ def test_judge_rejects_wrong_attributes():
     wrong_color = next(c for c in world.COLORS if c not in (scene.color, scene.background))
     verdict = judge(image, f"a {wrong_color} {scene.shape} on a {scene.background} background")
     assert verdict["color"] is False and verdict["background"] is True
+
+
+def test_siblings_differ_only_in_shape():
+    config = world.WorldConfig(seed=4, size=32, digit_fraction=0.0, siblings=4)
+    for group in range(6):
+        members = [world.sample(group * 4 + m, config) for m in range(4)]
+        scenes = [scene for _, _, scene in members]
+        assert {s.shape for s in scenes} == set(world.SHAPES)
+        rest = {(s.color, s.background, s.size, s.count, s.position, s.boxes) for s in scenes}
+        assert len(rest) == 1
+        # the same template: the captions differ only in the shape word
+        words = [text.replace(world.plural(s.shape), "_").replace(s.shape, "_")
+                 for (_, text, _), s in zip(members, scenes)]
+        assert len(set(words)) == 1 and "_" in words[0]
+        assert len({image.tobytes() for image, _, _ in members}) == 4
+    firsts = {(s.color, s.background) for s in (world.sample(g * 4, config)[2] for g in range(6))}
+    assert len(firsts) > 1  # the groups themselves differ
+
+
+def test_siblings_are_validated(tmp_path):
+    with pytest.raises(ClipagError, match="--siblings must be >= 1"):
+        world.export(tmp_path, 4, world.WorldConfig(siblings=0))
