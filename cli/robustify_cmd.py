@@ -28,6 +28,9 @@ from .common import Command, Number, console, model_options
 @click.option("--attack-steps", type=int, default=3, show_default=True)
 @click.option("--attack-step-size", type=Number(), default=None, help="[default: 2.5*eps/steps]")
 @click.option("--no-random-start", is_flag=True, help="start PGD at the clean image")
+@click.option("--clean-weight", type=float, default=0.0, show_default=True,
+              help="add this times the loss on the clean images (TRADES-style; keeps what the "
+                   "model knows on clean data)")
 @click.option("--train-text", is_flag=True, help="also train the text tower and temperature")
 @click.option("--steps", type=int, default=1000, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="global batch")
@@ -51,9 +54,9 @@ from .common import Command, Number, console, model_options
 @click.option("--half", is_flag=True, help="store the final weights in fp16 (half the size)")
 @click.option("--quiet", "-q", is_flag=True)
 def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, attack_step_size,
-                  no_random_start, train_text, steps, batch_size, accum, lr, weight_decay,
-                  warmup, grad_clip, save_every, log_every, seed, holdout, group, template, resume,
-                  overwrite, half, quiet):
+                  no_random_start, clean_weight, train_text, steps, batch_size, accum, lr,
+                  weight_decay, warmup, grad_clip, save_every, log_every, seed, holdout, group,
+                  template, resume, overwrite, half, quiet):
     """Adversarially fine-tune a CLIP on DATA (folder, manifest, class folders or tar shards)."""
     if spec.model is None and spec.checkpoint is None:
         raise ClipagError("name the model to train: --model ARCH --pretrained TAG|FILE|none, "
@@ -63,7 +66,8 @@ def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, a
         out_path.unlink()
     threat = ThreatModel(norm, eps, attack_steps, attack_step_size, not no_random_start)
     config = TrainConfig(data=data, out=out, objective=objective, threat=threat,
-                         train_text=train_text, steps=steps, batch_size=batch_size, accum=accum,
+                         train_text=train_text, clean_weight=clean_weight, steps=steps,
+                         batch_size=batch_size, accum=accum,
                          lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
                          save_every=save_every, log_every=log_every, seed=seed, holdout=holdout,
                          group=group, template=template, resume=resume, half=half)

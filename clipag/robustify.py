@@ -5,6 +5,8 @@ Objectives (`TrainConfig.objective`):
   eps-ball; the image tower is trained on the adversarial images with the symmetric CLIP
   loss; the text tower stays frozen unless ``train_text``.
 - ``tecoa``: cross-entropy over cosine logits against class prompts, on adversarial images.
+- ``clean_weight`` w > 0 (contrastive, tecoa) adds w times the same loss on the clean images
+  (TRADES-style), so what the model knows on clean data is kept while it becomes robust.
 - ``fare``: unsupervised; || f(x_adv) - f_orig(x) ||^2 against a frozen copy of the
   original image encoder.
 ``eps = 0`` is plain fine-tuning with the same loop (and, from ``pretrained none``, training
@@ -53,6 +55,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     holdout: float = 0.0
+    clean_weight: float = 0.0  # weight of the clean-image loss added to the adversarial one
     group: int = 1  # keep runs of this many consecutive items in one batch (hard negatives)
     template: str = "a photo of a {}"
     resume: bool = False
@@ -68,6 +71,11 @@ class TrainConfig:
             raise ClipagError("--lr must be > 0")
         if not 0 <= self.holdout < 1:
             raise ClipagError("--holdout must be in [0, 1)")
+        if self.clean_weight < 0:
+            raise ClipagError(f"--clean-weight must be >= 0, got {self.clean_weight}")
+        if self.clean_weight and self.objective == "fare":
+            raise ClipagError("--clean-weight applies to the contrastive and tecoa objectives "
+                              "(FARE's clean loss is its anchor already)")
         if self.group > 1 and self.holdout:
             raise ClipagError("--group cannot be combined with --holdout (the split would "
                               "break the groups)")
@@ -152,6 +160,10 @@ class Objective:
             adv = images
         loss = self._loss(adv, texts, targets, scale)
         clean = None
+        if threat.active and cfg.clean_weight:
+            clean = self._loss(images, texts, targets, scale)
+            loss = loss + cfg.clean_weight * clean
+            return loss, clean.detach()
         if measure_clean:
             if threat.active:
                 with torch.no_grad():

@@ -1,14 +1,17 @@
 """What a world model can tell apart on clean ground-truth images: zero-shot accuracy per
 attribute (foreground colour, background, shape) over 150 single-object world scenes, each
 ranked against captions "a {colour} {shape} on a {background} background" that differ only in
-that attribute; "binding" ranks the true caption against the one with the foreground and
-background colours swapped (chance 0.5), which a model that only counts colours cannot do.
+that attribute (shape also split by object size); "binding" ranks the true caption against the
+one with the foreground and background colours swapped (chance 0.5), which a model that only
+counts colours cannot do. It also prints the median L2 distance between renders that differ
+only in shape.
 
     python examples/probe_zero_shot.py world-vanilla world-robust work/world/x.safetensors
 
 A name ending in .state.pt is a robustify resume file (world-vit weights mid-training).
 """
 
+import dataclasses
 import random
 import sys
 
@@ -39,13 +42,33 @@ def probe(guide, scenes, images) -> dict[str, float]:
                         for s in scenes for p in ({**vars(s), attr: v} for v in values)]
             texts = guide.encode_texts(captions).view(len(scenes), len(values), -1)
             picks = (texts @ emb[:, :, None]).squeeze(-1).argmax(1).tolist()
-            right = sum(values[i] == getattr(s, attr) for i, s in zip(picks, scenes))
-            result[attr] = round(right / len(scenes), 3)
+            hits = [values[i] == getattr(s, attr) for i, s in zip(picks, scenes)]
+            result[attr] = round(sum(hits) / len(scenes), 3)
+            if attr == "shape":
+                for size in ("small", "large"):
+                    mine = [h for h, s in zip(hits, scenes) if s.size == size]
+                    result[f"shape_{size}"] = round(sum(mine) / len(mine), 3)
         captions = [f"a {a} {s.shape} on a {b} background"
                     for s in scenes for a, b in ((s.color, s.background), (s.background, s.color))]
         texts = guide.encode_texts(captions).view(len(scenes), 2, -1)
         picks = (texts @ emb[:, :, None]).squeeze(-1).argmax(1)
         result["binding"] = round((picks == 0).float().mean().item(), 3)
+    return result
+
+
+def shape_distances(scenes) -> dict[str, float]:
+    """Median L2 distance (pixels in [0, 1], 64 px) between renders of the same scene that
+    differ only in the shape, per object size: how far an attack of radius eps must go to
+    make one shape look like another (halfway is the boundary)."""
+    result = {}
+    for size in ("small", "large"):
+        gaps = []
+        for scene in (s for s in scenes if s.size == size):
+            images = [np.asarray(render(dataclasses.replace(scene, shape=shape), 64),
+                                 dtype=np.float32) / 255 for shape in SHAPES]
+            gaps += [float(np.sqrt(((a - b) ** 2).sum()))
+                     for i, a in enumerate(images) for b in images[i + 1:]]
+        result[size] = round(float(np.median(gaps)), 1)
     return result
 
 
@@ -55,6 +78,7 @@ def main() -> None:
     scenes = [s for s in (sample_scene(rng) for _ in range(600)) if s.count == 1][:150]
     images = torch.stack([torch.from_numpy(np.array(render(s, 64))).permute(2, 0, 1).float() / 255
                           for s in scenes])
+    print("median L2 distance between shapes:", shape_distances(scenes))
     for name in sys.argv[1:]:
         guide = load(name)
         guide.model.eval()

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,11 +10,11 @@ from safetensors.torch import load_file
 
 from clipag.attacks import CosineLogits, ThreatModel, attack_logits, pgd
 from clipag.checkpoint import read_meta
-from clipag.data import open_dataset
+from clipag.data import BatchStream, open_dataset
 from clipag.errors import ClipagError
 from clipag.evaluate import zero_shot
 from clipag.models import ModelSpec, load_guide
-from clipag.robustify import TrainConfig, robustify
+from clipag.robustify import Objective, TrainConfig, robustify
 from clipag.training import lr_factor
 
 CPU = torch.device("cpu")
@@ -171,3 +172,23 @@ def test_schedule_warms_up_then_decays():
     values = [lr_factor(s, 10, 100) for s in range(100)]
     assert values[0] == 0.1 and values[9] == 1.0
     assert all(a >= b for a, b in zip(values[10:], values[11:])) and values[-1] < 0.01
+
+
+def test_clean_weight_adds_the_clean_loss(tiny_guide, world_captions):
+    ds = open_dataset(world_captions)
+    images, captions, labels = next(iter(BatchStream(ds, 8, tiny_guide.image_size)))
+    threat = ThreatModel("l2", 1.0, 2, random_start=False)  # a deterministic attack
+    base = TrainConfig(data="d", out="o", threat=threat)
+    adv, clean = Objective(base, tiny_guide, ds)(images, captions, labels, measure_clean=True)
+    mixed, clean2 = Objective(replace(base, clean_weight=2.0), tiny_guide, ds)(
+        images, captions, labels)
+    assert clean < adv
+    assert torch.allclose(clean2, clean, atol=1e-5)
+    assert torch.allclose(mixed, adv + 2 * clean, atol=1e-5)
+
+
+def test_clean_weight_is_validated(tmp_path, world_captions):
+    with pytest.raises(ClipagError, match="--clean-weight must be >= 0"):
+        _train(tmp_path, world_captions, clean_weight=-1.0)
+    with pytest.raises(ClipagError, match="contrastive and tecoa"):
+        _train(tmp_path, world_captions, objective="fare", clean_weight=1.0)
