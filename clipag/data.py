@@ -225,9 +225,8 @@ class BatchStream:
         n, k = len(self.dataset), self.group
         if k == 1:
             return torch.randperm(n, generator=g)
-        groups = torch.randperm(-(-n // k), generator=g)
-        order = (groups[:, None] * k + torch.arange(k)).flatten()
-        return order[order < n]
+        groups = torch.randperm(n // k, generator=g)  # n % k == 0 (checked above)
+        return (groups[:, None] * k + torch.arange(k)).flatten()
 
     def _mine(self, chunk: list) -> list:
         """This rank's share of a global batch: groups rank::world."""

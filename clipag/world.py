@@ -10,12 +10,12 @@ subsets of the attributes. A second domain is real data shipped inside scikit-le
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
 import re
 import tarfile
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator

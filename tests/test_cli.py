@@ -76,6 +76,8 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
     (["robustify", "data", "-o", "x.safetensors", "--model", "clipag-tiny", "--pretrained",
       "none", "--group", "4", "--holdout", "0.1"], "--group cannot be combined with --holdout"),
     (["world", "export", "w", "--n", "4", "--siblings", "0"], "--siblings must be >= 1"),
+    (["world", "export", "w", "--n", "4", "--digit-fraction", "2"],
+     "--digit-fraction must be in [0, 1]"),
 ])
 def test_bad_input_one_line_nonzero(tmp_path, tiny_checkpoint, args, message):
     os.chdir(tmp_path)
