@@ -201,7 +201,7 @@ class BatchStream:
     resume exactly from a saved `position`. With `world` > 1, rank r keeps groups r::world of
     each global batch. With `group` = K > 1, runs of K consecutive items (hard-negative
     siblings, `clipag world export --siblings K`) are shuffled as units and always share a
-    batch and a rank."""
+    batch and a rank; streamed shards are read in order, so they must hold whole groups."""
 
     def __init__(self, dataset: Dataset, batch_size: int, image_size: int, seed: int = 0,
                  position: int = 0, rank: int = 0, world: int = 1, holdout: float = 0.0,
