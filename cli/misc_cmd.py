@@ -104,7 +104,7 @@ def bench():
 @click.option("--guides", default="world-vanilla,world-robust", show_default=True,
               help="comma-separated guide models or checkpoint files, run under identical settings")
 @click.option("--judge-model", default="world-judge", show_default=True,
-              help="held-out CLIP judge (never a guide)")
+              help="held-out CLIP judge (never a guide): a model name or checkpoint file")
 @click.option("--prompts", type=int, default=24, show_default=True)
 @click.option("--steps", type=int, default=100, show_default=True)
 @click.option("--views", type=int, default=32, show_default=True)

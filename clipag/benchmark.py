@@ -153,7 +153,7 @@ def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfi
         command: str = "") -> tuple[list[GuideReport], Path]:
     out.mkdir(parents=True, exist_ok=True)
     texts = suite(prompts)
-    held_out = load_guide(ModelSpec(model=judge_model), device)
+    held_out = load_guide(spec_for(judge_model), device)
     reports, rows = [], []
     for name in guides:
         guide = load_guide(spec_for(name), device)
@@ -190,7 +190,7 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
     number of steps (0: the start image alone), under one guide and one judge."""
     out.mkdir(parents=True, exist_ok=True)
     texts = suite(prompts)
-    held_out = load_guide(ModelSpec(model=judge_model), device)
+    held_out = load_guide(spec_for(judge_model), device)
     guide = load_guide(spec_for(guide_name), device)
     reports, rows = [], []
     for init in inits:

@@ -8,7 +8,8 @@ only in shape.
 
     python examples/probe_zero_shot.py world-vanilla world-robust work/world/x.safetensors
 
-A name ending in .state.pt is a robustify resume file (world-vit weights mid-training).
+A name ending in .state.pt is a robustify resume file (weights mid-training), world-vit
+unless prefixed with its architecture: world-rn:work/x.safetensors.state.pt.
 """
 
 import dataclasses
@@ -24,7 +25,9 @@ from clipag.world import COLORS, SHAPES, render, sample_scene
 
 def load(name: str):
     if name.endswith(".state.pt"):
-        guide = load_guide(ModelSpec(model="world-vanilla"), torch.device("cpu"), quiet=True)
+        arch, _, name = name.rpartition(":") if ":" in name else ("world-vit", "", name)
+        guide = load_guide(ModelSpec(model=arch, pretrained="none"), torch.device("cpu"),
+                           quiet=True)
         guide.model.load_state_dict(torch.load(name, map_location="cpu", weights_only=True)["model"])
         return guide
     spec = ModelSpec(checkpoint=name) if name.endswith(".safetensors") else ModelSpec(model=name)

@@ -72,6 +72,15 @@ def test_benchmark_smoke_on_two_prompts(tmp_path):
     assert dataclasses.asdict(config)["steps"] == 2
 
 
+def test_benchmark_judge_may_be_a_checkpoint_file(tmp_path):
+    config = GenerateConfig(steps=2, init_candidates=4,
+                            views=ViewConfig(global_views=2, patch_views=0))
+    by_name, _ = run(["world-robust"], "world-judge", 1, config, tmp_path / "a", CPU)
+    by_file, _ = run(["world-robust"], str(ASSETS / "world-judge.safetensors"), 1, config,
+                     tmp_path / "b", CPU)
+    assert by_file[0].judge_score == pytest.approx(by_name[0].judge_score, abs=1e-5)
+
+
 def test_embedded_crossflow_drafts_show_their_prompt():
     """The shipped world CrossFlow alone: its drafts' background colour follows the prompt."""
     from clipag.benchmark import suite
