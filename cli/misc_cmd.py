@@ -102,7 +102,8 @@ def bench():
 
 @bench.command("pag", cls=Command)
 @click.option("--guides", default="world-vanilla,world-robust", show_default=True,
-              help="comma-separated guide models or checkpoint files, run under identical settings")
+              help="comma-separated guide models or checkpoint files, run under identical "
+                   "settings; A*3+B is one guide mixing A and B with relative weights 3 and 1")
 @click.option("--judge-model", default="world-judge", show_default=True,
               help="held-out CLIP judge (never a guide): a model name or checkpoint file")
 @click.option("--prompts", type=int, default=24, show_default=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .ensemble import load_mix
 from .fileio import write_text_atomic
 from .generate import (GenerateConfig, encode_targets, init_source, initial_images, optimise,
                        similarity)
@@ -156,7 +157,7 @@ def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfi
     held_out = load_guide(spec_for(judge_model), device)
     reports, rows = [], []
     for name in guides:
-        guide = load_guide(spec_for(name), device)
+        guide = load_mix(name, lambda one: load_guide(spec_for(one), device))
         report, images = run_guide(guide, held_out, texts, config, batch_size, seed)
         reports.append(report)
         rows.extend(images)
