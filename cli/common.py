@@ -75,13 +75,16 @@ class Sides(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of sides like 16,32", param, ctx)
 
 
-def model_options(default_hint: str = "world-robust"):
-    """--model/--pretrained/--checkpoint/--trust-checkpoint/--device."""
+def model_options(default_hint: str = "world-robust", mix: bool = False):
+    """--model/--pretrained/--checkpoint/--trust-checkpoint/--device; `mix`: --model may name
+    a guide mix (A*3+B)."""
+    mixes = "; A*3+B mixes guides (names or files) with weights 3:1" if mix else ""
 
     def wrap(f):
         options = [
             click.option("--model", "-m", default=None,
-                         help=f"preset, open_clip architecture or hf-hub:ID [default: {default_hint}]"),
+                         help=f"preset, open_clip architecture or hf-hub:ID{mixes} "
+                              f"[default: {default_hint}]"),
             click.option("--pretrained", default=None,
                          help="open_clip pretrained tag, URL, file or 'none' (with an architecture)"),
             click.option("--checkpoint", "-c", default=None, type=click.Path(dir_okay=False),

@@ -14,8 +14,9 @@ from clipag.batch import batches, plan, run_batch
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
 from clipag.crossflow import SampleConfig
+from clipag.ensemble import load_spec
 from clipag.generate import GenerateConfig, check_init
-from clipag.models import DEFAULT_PRESET, PRESETS, load_guide
+from clipag.models import DEFAULT_PRESET, PRESETS
 from clipag.prompts import Job, parse_prompt, read_prompts_file
 
 from .common import Command, Sides, console, model_options
@@ -52,7 +53,7 @@ def recommended_settings(ctx: click.Context, spec, values: dict) -> dict:
 @click.option("--outdir", "-d", default="outputs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--samples", type=int, default=1, show_default=True, help="images per prompt")
 @click.option("--seed", type=int, default=0, show_default=True, help="sample k uses seed+k")
-@model_options(default_hint=DEFAULT_PRESET)
+@model_options(default_hint=DEFAULT_PRESET, mix=True)
 @click.option("--steps", type=int, default=D.steps, show_default=True)
 @click.option("--lr", type=float, default=D.lr, show_default=True)
 @click.option("--size", type=int, default=None, help="output side in pixels [default: model input]")
@@ -147,7 +148,7 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
             f"--{FLAGS.get(k, k.replace('_', '-'))} "
             f"{','.join(map(str, v)) if isinstance(v, tuple) else v}"
             for k, v in changed.items()))
-    guide = load_guide(spec, dev, quiet=quiet)
+    guide = load_spec(spec, dev, quiet=quiet)
     model_info = {k: v for k, v in guide.info.items() if k != "config"}
     model_info.update(name=guide.name, checkpoint_name=guide.info.get("name"))
     model_info["negative_weight"] = negative_weight

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from .ensemble import load_mix
+from .ensemble import load_named
 from .fileio import write_text_atomic
 from .generate import (GenerateConfig, encode_targets, init_source, initial_images, optimise,
                        similarity)
 from .init import upsample
 from .judge import judge, read_image
-from .models import Guide, ModelSpec, load_guide
+from .models import Guide, load_guide, spec_for
 from .output import save_grid
 from .prompts import parse_prompt
 from .world import WorldConfig, full_caption, sample
@@ -144,11 +144,6 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
     return "\n".join(lines)
 
 
-def spec_for(name: str) -> ModelSpec:
-    """A checkpoint file if `name` is one, else a model or preset name."""
-    return ModelSpec(checkpoint=name) if Path(name).is_file() else ModelSpec(model=name)
-
-
 def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfig,
         out: Path, device: torch.device, batch_size: int = 8, seed: int = 0,
         command: str = "") -> tuple[list[GuideReport], Path]:
@@ -157,7 +152,7 @@ def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfi
     held_out = load_guide(spec_for(judge_model), device)
     reports, rows = [], []
     for name in guides:
-        guide = load_mix(name, lambda one: load_guide(spec_for(one), device))
+        guide = load_named(name, device)
         report, images = run_guide(guide, held_out, texts, config, batch_size, seed)
         reports.append(report)
         rows.extend(images)

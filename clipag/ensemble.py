@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from .errors import ClipagError
-from .models import Guide
+from .models import Guide, ModelSpec, load_guide, spec_for
 
 
 def is_mix(text: str) -> bool:
@@ -86,3 +86,20 @@ def load_mix(text: str, load: Callable[[str], Guide]) -> Guide:
         return load(text)
     members = parse_mix(text)
     return ensemble([load(name) for name, _ in members], [w for _, w in members], name=text)
+
+
+def load_named(text: str, device: torch.device, quiet: bool = False) -> Guide:
+    """A preset or model name, a checkpoint file, or a mix of those (``A*3+B``)."""
+    return load_spec(spec_for(text), device, quiet=quiet)
+
+
+def load_spec(spec: ModelSpec, device: torch.device, quiet: bool = False) -> Guide:
+    """`load_guide`, except that ``--model A*3+B`` loads a mix (whose members name their own
+    weights, so --pretrained/--checkpoint do not apply to it)."""
+    if spec.model is None or not is_mix(spec.model):
+        return load_guide(spec, device, quiet=quiet)
+    if spec.pretrained or spec.checkpoint:
+        raise ClipagError("a guide mix (--model A*3+B) names its members itself; drop "
+                          "--pretrained/--checkpoint")
+    return load_mix(spec.model, lambda name: load_guide(spec_for(name, spec.trust), device,
+                                                         quiet=quiet))

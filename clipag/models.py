@@ -288,6 +288,13 @@ class ModelSpec:
     trust: bool = False
 
 
+def spec_for(name: str, trust: bool = False) -> ModelSpec:
+    """A checkpoint file if `name` is one, else a model or preset name."""
+    if Path(name).is_file():
+        return ModelSpec(checkpoint=name, trust=trust)
+    return ModelSpec(model=name, trust=trust)
+
+
 def load_guide(spec: ModelSpec, device: torch.device, quiet: bool = False) -> Guide:
     """Resolve `spec` to a loaded model on `device`, in eval mode."""
     return _resolve(spec, quiet).to(device)

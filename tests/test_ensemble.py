@@ -2,13 +2,16 @@
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from cli.main import cli
 from clipag.augment import ViewConfig
 from clipag.benchmark import run
 from clipag.ensemble import ensemble, load_mix, parse_mix
 from clipag.errors import ClipagError
 from clipag.generate import GenerateConfig
 from clipag.models import _guide, build_model
+from clipag.output import read_png_meta
 
 CPU = torch.device("cpu")
 
@@ -83,3 +86,21 @@ def test_benchmark_runs_a_mix_of_checkpoint_files(tmp_path, tiny_checkpoint):
     reports, table = run([mix], str(tiny_checkpoint), 1, config, tmp_path, CPU)
     assert reports[0].guide == mix and mix in table.read_text()
     assert 0 <= reports[0].accuracy["color"] <= 1
+
+
+def test_generate_with_a_mix_records_its_members(tmp_path, tiny_checkpoint):
+    out = tmp_path / "mix.png"
+    mix = f"{tiny_checkpoint}*3+{tiny_checkpoint}"
+    fast = ["--steps", "2", "--views", "2", "--patch-views", "0", "--init-candidates", "4"]
+    result = CliRunner().invoke(cli, ["generate", "a red circle", "-m", mix, "-o", str(out),
+                                      *fast])
+    assert result.exit_code == 0, result.output
+    model = read_png_meta(out)["model"]
+    assert model["name"] == mix and model["weights"] == [3.0, 1.0]
+    bad = CliRunner().invoke(cli, ["generate", "x", "-m", mix, "-c", str(tiny_checkpoint),
+                                   "-o", str(tmp_path / "b.png"), *fast])
+    assert bad.exit_code != 0 and "names its members itself" in bad.output
+    bad = CliRunner().invoke(cli, ["generate", "x", "-m", "world-robust*0+world-vanilla",
+                                   "-o", str(tmp_path / "c.png"), *fast])
+    assert bad.exit_code != 0 and "must be > 0" in bad.output
+    assert "Traceback" not in bad.output
