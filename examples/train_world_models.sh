@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the embedded world models with clipag's own commands.
 #   bash examples/train_world_models.sh [WORKDIR]
+# Environment: VANILLA_STEPS, ROBUST_EPS, ROBUST_STEPS, JUDGE_STEPS, GUIDE_MODEL (world-vit;
+# world-rn makes ResNet guides, as in the README's rows 27-30).
 # Writes WORKDIR/{world-vanilla,world-robust,world-judge}.safetensors; copy them into
 # clipag/assets/ to ship them. Every step resumes if interrupted (rerun the script).
 # On 2 CPU cores the judge trains beside the vanilla guide, one thread each.
@@ -25,7 +27,7 @@ judge=$!
 
 # 3. The vanilla guide: a small ViT CLIP trained from random init, plain contrastive (eps 0).
 run clipag robustify "$work/data" -o "$work/world-vanilla.safetensors" \
-  --model world-vit --pretrained none --train-text --eps 0 \
+  --model "${GUIDE_MODEL:-world-vit}" --pretrained none --train-text --eps 0 \
   --steps "${VANILLA_STEPS:-700}" --lr 5e-4 --warmup 100 --weight-decay 0.1 --seed 0 "${common[@]}"
 
 # 4. The robust guide: the vanilla one fine-tuned on L2-PGD images (CLIPAG's contrastive
