@@ -153,8 +153,9 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_wei
 
 @bench.command("init", cls=Command)
 @click.option("--guide", default="world-robust", show_default=True,
-              help="guide model or checkpoint file")
-@click.option("--judge-model", default="world-judge", show_default=True)
+              help="guide model, checkpoint file or mix (A*3+B)")
+@click.option("--judge-model", default="world-judge", show_default=True,
+              help="held-out CLIP judge (never a guide): a model name or checkpoint file")
 @click.option("--inits", default="gmm,crossflow", show_default=True,
               help="comma-separated inits: gmm, crossflow, crossflow:FILE, a mixture file")
 @click.option("--refiner-steps", type=Sides(), default="0,25,50,100", show_default=True,

@@ -187,7 +187,7 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
     out.mkdir(parents=True, exist_ok=True)
     texts = suite(prompts)
     held_out = load_guide(spec_for(judge_model), device)
-    guide = load_guide(spec_for(guide_name), device)
+    guide = load_named(guide_name, device)
     reports, rows = [], []
     for init in inits:
         for steps in refiner_steps:

@@ -26,7 +26,7 @@ def parse_mix(text: str) -> list[tuple[str, float]]:
     """``"A*3+B"`` -> ``[("A", 3.0), ("B", 1.0)]``; a one-line error on a malformed mix."""
     members = []
     for part in text.split("+"):
-        name, star, weight = part.strip().rpartition("*") if "*" in part else (part.strip(), "", "1")
+        name, _, weight = part.strip().rpartition("*") if "*" in part else (part.strip(), "", "1")
         name = name.strip()
         if not name:
             raise ClipagError(f"guide mix {text!r}: empty member (write A*3+B)")
@@ -66,8 +66,7 @@ class GuideEnsemble(Guide):
 
 def ensemble(guides: list[Guide], weights: list[float], name: str = "") -> GuideEnsemble:
     """One guide from several that see images at the same size; weights are relative."""
-    sizes = sorted({g.image_size for g in guides})
-    if len(sizes) > 1:
+    if len({g.image_size for g in guides}) > 1:
         raise ClipagError("guides in a mix must share an input size; got "
                           + ", ".join(f"{g.name} {g.image_size} px" for g in guides))
     total = sum(weights)
