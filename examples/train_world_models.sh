@@ -2,7 +2,7 @@
 # Rebuild the embedded world models with clipag's own commands.
 #   bash examples/train_world_models.sh [WORKDIR]
 # Environment: VANILLA_STEPS, ROBUST_EPS, ROBUST_STEPS, JUDGE_STEPS, GUIDE_MODEL (world-vit;
-# world-rn makes ResNet guides, as in the README's rows 27-30).
+# world-rn makes ResNet guides, as in the README's rows 27-31).
 # Writes WORKDIR/{world-vanilla,world-robust,world-judge}.safetensors; copy them into
 # clipag/assets/ to ship them. Every step resumes if interrupted (rerun the script).
 # On 2 CPU cores the judge trains beside the vanilla guide, one thread each.
