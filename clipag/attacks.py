@@ -52,6 +52,10 @@ class CosineLogits(torch.nn.Module):
         self.register_buffer("texts", texts.detach())
         # kept as a tensor on its device: no host sync per training step
         self.register_buffer("scale", torch.as_tensor(scale).detach().float())
+        # torchattacks puts the module in eval mode for the attack and afterwards back into
+        # the mode the module had, recursively: start in the owner's mode so that restoring
+        # does not switch a model that is being fine-tuned in eval mode back to train mode.
+        self.train(owner.training)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.scale * self._encode(images) @ self.texts.t()

@@ -43,6 +43,13 @@ ARCH_CONFIGS: dict[str, dict[str, Any]] = {
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
                      "layers": 1},
     },
+    # For tests of BatchNorm models (open_clip's modified ResNet): builds in milliseconds.
+    "clipag-tiny-rn": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                     "layers": 1},
+    },
     # The procedural world's guide: 64 px ViT, 4 layers, width 128.
     "world-vit": {
         "embed_dim": 64,

@@ -216,7 +216,10 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
     if arch is None:
         raise ClipagError("cannot tell this model's architecture; pass --model ARCH")
     dataset = split(open_dataset(config.data, config.template), config.holdout, "train")
-    model = guide.model.train()
+    # Adversarial fine-tuning trains the function that is attacked and that later guides:
+    # eval mode, so BatchNorm layers (ResNets) keep their running statistics instead of
+    # normalising each batch. Plain training (eps 0) learns those statistics in train mode.
+    model = guide.model.train(not config.threat.active)
     objective = Objective(config, guide, dataset)
     params = trainable_parameters(model, config.train_text)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

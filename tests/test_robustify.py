@@ -61,6 +61,42 @@ def test_own_pgd_raises_embedding_distance_inside_the_ball(tiny_guide, norm, eps
         assert (loss(adv) > loss(images) + 1e-6).all()
 
 
+def test_attack_leaves_an_eval_mode_model_in_eval_mode(tiny_guide):
+    # torchattacks restores the module's own mode afterwards, recursively into the model
+    model = tiny_guide.model.eval()
+    texts = tiny_guide.encode_texts(["a", "b"]).detach()
+    module = CosineLogits(tiny_guide.encode_images, texts, 50.0, model)
+    attack_logits(module, torch.rand(2, 3, 32, 32), torch.arange(2), ThreatModel("l2", 0.5, 2))
+    assert not model.training
+    model.train()
+    attack_logits(CosineLogits(tiny_guide.encode_images, texts, 50.0, model),
+                  torch.rand(2, 3, 32, 32), torch.arange(2), ThreatModel("l2", 0.5, 2))
+    assert model.training
+
+
+def _batchnorm_stats(path):
+    state = load_file(str(path))
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+@pytest.mark.parametrize("objective", ["contrastive", "fare"])
+def test_adversarial_fine_tuning_keeps_batchnorm_statistics(tmp_path, world_captions,
+                                                           objective):
+    # plain training learns the running statistics; adversarial fine-tuning trains the
+    # eval-mode function (the one that is attacked and that guides), so it keeps them
+    rn = ModelSpec(model="clipag-tiny-rn", pretrained="none")
+    vanilla, _ = _train(tmp_path, world_captions, "vanilla", spec=rn, steps=3, train_text=True,
+                        threat=ThreatModel("l2", 0.0, 0))
+    start = _batchnorm_stats(vanilla)
+    assert start and any((v != 0).any() and (v != 1).any() for v in start.values())
+    robust, _ = _train(tmp_path, world_captions, "robust", spec=ModelSpec(checkpoint=str(vanilla)),
+                       objective=objective, steps=3, threat=ThreatModel("l2", 0.5, 2))
+    after = _batchnorm_stats(robust)
+    assert all(torch.equal(start[k], after[k]) for k in start)
+    weights = load_file(str(vanilla)), load_file(str(robust))
+    assert not torch.equal(weights[0]["visual.conv1.weight"], weights[1]["visual.conv1.weight"])
+
+
 @pytest.mark.parametrize("objective,data_fixture,kw", [
     ("contrastive", "world_captions", {"train_text": True}),
     ("tecoa", "world_classes", {}),
