@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clipag.attacks import ThreatModel
+from clipag.augment import ViewConfig
 from clipag.data import open_dataset, split
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
@@ -115,6 +116,8 @@ def bench():
               help="colour-jitter strength of the views (1 = reference, 0..2)")
 @click.option("--cutout", type=float, default=0.5, show_default=True,
               help="side of the square each view blanks, as a fraction of the view (0 = none)")
+@click.option("--noise", type=float, default=ViewConfig.noise, show_default=True,
+              help="per-view pixel noise std")
 @click.option("--lr", type=float, default=0.0175, show_default=True)
 @click.option("--threshold", type=float, default=0.95, show_default=True,
               help="dynamic-thresholding percentile (0 = clamp)")
@@ -130,7 +133,8 @@ def bench():
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
 def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_weight, jitter, cutout,
-              lr, threshold, tv_weight, scales, init, init_candidates, batch_size, seed, out, device):
+              noise, lr, threshold, tv_weight, scales, init, init_candidates, batch_size, seed, out,
+              device):
     """Judge accuracy of images made with each guide on fixed world prompts."""
     import sys
 
@@ -143,7 +147,7 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_wei
                             patch_weight=patch_weight, scales=scales, threshold=threshold,
                             tv_weight=tv_weight,
                             views=ViewConfig(global_views=views, patch_views=patch_views,
-                                             cutout=cutout).with_jitter(jitter))
+                                             cutout=cutout, noise=noise).with_jitter(jitter))
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench pag"
     _, table = run([g.strip() for g in guides.split(",") if g.strip()], judge_model, prompts,
                    config, Path(out), resolve_device(device), batch_size, seed, command)

@@ -31,6 +31,9 @@ from .common import Command, Number, console, model_options
 @click.option("--clean-weight", type=float, default=0.0, show_default=True,
               help="add this times the loss on the clean images (TRADES-style; keeps what the "
                    "model knows on clean data)")
+@click.option("--noise", type=Number(), default=0.0, show_default=True,
+              help="std of Gaussian pixel noise added to every training image (with --eps 0: "
+                   "noise training, as randomized smoothing does; generate with --noise alike)")
 @click.option("--train-text", is_flag=True, help="also train the text tower and temperature")
 @click.option("--steps", type=int, default=1000, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="global batch")
@@ -54,7 +57,7 @@ from .common import Command, Number, console, model_options
 @click.option("--half", is_flag=True, help="store the final weights in fp16 (half the size)")
 @click.option("--quiet", "-q", is_flag=True)
 def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, attack_step_size,
-                  no_random_start, clean_weight, train_text, steps, batch_size, accum, lr,
+                  no_random_start, clean_weight, noise, train_text, steps, batch_size, accum, lr,
                   weight_decay, warmup, grad_clip, save_every, log_every, seed, holdout, group,
                   template, resume, overwrite, half, quiet):
     """Adversarially fine-tune a CLIP on DATA (folder, manifest, class folders or tar shards)."""
@@ -66,7 +69,7 @@ def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, a
         out_path.unlink()
     threat = ThreatModel(norm, eps, attack_steps, attack_step_size, not no_random_start)
     config = TrainConfig(data=data, out=out, objective=objective, threat=threat,
-                         train_text=train_text, clean_weight=clean_weight, steps=steps,
+                         train_text=train_text, clean_weight=clean_weight, noise=noise, steps=steps,
                          batch_size=batch_size, accum=accum,
                          lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
                          save_every=save_every, log_every=log_every, seed=seed, holdout=holdout,

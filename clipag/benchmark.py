@@ -127,7 +127,7 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
              f"Settings: steps {config.steps}, lr {config.lr}, views "
              f"{config.views.global_views}+{config.views.patch_views} (patch weight "
              f"{config.patch_weight}), colour jitter brightness {config.views.brightness:g}, "
-             f"cutout {config.views.cutout:g}, "
+             f"cutout {config.views.cutout:g}, noise {config.views.noise:g}, "
              f"scales {','.join(map(str, config.scales)) or 'none'}, "
              f"init {config.init} (best of {config.init_candidates}), threshold "
              f"{config.threshold}, tv {config.tv_weight:g}.", "",

@@ -61,6 +61,8 @@ class GenerateConfig:
             raise ClipagError("at least one view is needed (--views or --patch-views)")
         if self.tv_weight < 0:
             raise ClipagError(f"--tv must be >= 0, got {self.tv_weight}")
+        if self.views.noise < 0:
+            raise ClipagError(f"--noise must be >= 0, got {self.views.noise}")
         if not 0 <= self.views.cutout < 1:
             raise ClipagError(f"--cutout must be in [0, 1), got {self.views.cutout}")
         if not 0 <= self.threshold < 1:

@@ -57,6 +57,7 @@ class TrainConfig:
     holdout: float = 0.0
     clean_weight: float = 0.0  # weight of the clean-image loss added to the adversarial one
     group: int = 1  # keep runs of this many consecutive items in one batch (hard negatives)
+    noise: float = 0.0  # std of Gaussian pixel noise added to every training image
     template: str = "a photo of a {}"
     resume: bool = False
     half: bool = False  # store the final weights in fp16 (half the file size)
@@ -76,6 +77,8 @@ class TrainConfig:
         if self.clean_weight and self.objective == "fare":
             raise ClipagError("--clean-weight applies to the contrastive and tecoa objectives "
                               "(FARE's clean loss is its anchor already)")
+        if self.noise < 0:
+            raise ClipagError(f"--noise must be >= 0, got {self.noise}")
         if self.group > 1 and self.holdout:
             raise ClipagError("--group cannot be combined with --holdout (the split would "
                               "break the groups)")
@@ -131,9 +134,12 @@ class Objective:
         logging: an extra forward pass without gradients) of one micro-batch."""
         cfg, threat = self.config, self.config.threat
         device = images.device
+        anchor = images  # FARE's target: the original encoder on the unperturbed image
+        if cfg.noise:
+            images = add_noise(images, cfg.noise)
         if cfg.objective == "fare":
             with torch.no_grad():
-                target = self._raw_image(images, self.original)
+                target = self._raw_image(anchor, self.original)
             adv = pgd(lambda x: (self._raw_image(x) - target).pow(2).sum(-1), images, threat)
             with autocast(device):
                 loss = (self._raw_image(adv) - target).pow(2).sum(-1).mean()
@@ -187,6 +193,12 @@ class Objective:
                 shared = scale.detach() + (scale - scale.detach()) / world
                 loss = clip_loss(gather(features), texts, shared) * world
         return loss
+
+
+def add_noise(images: torch.Tensor, std: float) -> torch.Tensor:
+    """Gaussian data augmentation (randomized smoothing's training noise), kept in [0, 1] so
+    the images stay images and PGD can start from them."""
+    return (images + std * torch.randn_like(images)).clamp(0, 1)
 
 
 def trainable_parameters(model: torch.nn.Module, train_text: bool) -> list[torch.nn.Parameter]:
@@ -274,6 +286,7 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
         threat = config.threat
         meta = {"arch": arch, "name": out.stem, "base_model": guide.name,
                 "objective": config.objective, "norm": threat.norm, "eps": threat.eps,
+                "noise": config.noise,
                 "attack_steps": threat.steps, "attack_step_size": threat.alpha,
                 "steps": config.steps, "batch_size": config.batch_size * config.accum,
                 "lr": config.lr, "train_text": config.train_text, "seed": config.seed,

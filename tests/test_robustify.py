@@ -14,7 +14,7 @@ from clipag.data import BatchStream, open_dataset
 from clipag.errors import ClipagError
 from clipag.evaluate import zero_shot
 from clipag.models import ModelSpec, load_guide
-from clipag.robustify import Objective, TrainConfig, robustify
+from clipag.robustify import Objective, TrainConfig, add_noise, robustify
 from clipag.training import lr_factor
 
 CPU = torch.device("cpu")
@@ -228,3 +228,32 @@ def test_clean_weight_is_validated(tmp_path, world_captions):
         _train(tmp_path, world_captions, clean_weight=-1.0)
     with pytest.raises(ClipagError, match="contrastive and tecoa"):
         _train(tmp_path, world_captions, objective="fare", clean_weight=1.0)
+
+
+def test_add_noise_has_the_asked_std_and_stays_in_range():
+    grey = torch.full((4, 3, 32, 32), 0.5)
+    noisy = add_noise(grey, 0.1)
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    assert abs((noisy - grey).std().item() - 0.1) < 0.005
+    assert abs(noisy.mean().item() - 0.5) < 0.005
+
+
+def test_noise_training_sees_noisy_images(tiny_guide, world_captions):
+    ds = open_dataset(world_captions)
+    images, captions, labels = next(iter(BatchStream(ds, 8, tiny_guide.image_size)))
+    base = TrainConfig(data="d", out="o", threat=ThreatModel("l2", 0.0, 0))
+    clean, _ = Objective(base, tiny_guide, ds)(images, captions, labels)
+    torch.manual_seed(0)
+    noisy, _ = Objective(replace(base, noise=0.3), tiny_guide, ds)(images, captions, labels)
+    torch.manual_seed(0)
+    expected = Objective(base, tiny_guide, ds)(add_noise(images, 0.3), captions, labels)[0]
+    assert not torch.allclose(noisy, clean)
+    assert torch.allclose(noisy, expected, atol=1e-6)
+
+
+def test_noise_is_validated_and_recorded(tmp_path, world_captions):
+    with pytest.raises(ClipagError, match="--noise must be >= 0"):
+        _train(tmp_path, world_captions, noise=-0.1)
+    path, _ = _train(tmp_path, world_captions, steps=2, noise=0.2,
+                     threat=ThreatModel("l2", 0.0, 0))
+    assert read_meta(path)["noise"] == 0.2
