@@ -105,3 +105,39 @@ def model_options(default_hint: str = "world-robust", mix: bool = False):
         return inner
 
     return wrap
+
+
+def bench_view_options(f):
+    """The views and pixel-penalty settings both benchmarks share (--views, --patch-views,
+    --patch-weight, --jitter, --cutout, --noise, --tv, --scales), handed to the command as one
+    `settings` dict of GenerateConfig fields (views built and validated here)."""
+    from clipag.augment import ViewConfig
+
+    options = [
+        click.option("--views", type=int, default=32, show_default=True),
+        click.option("--patch-views", type=int, default=32, show_default=True),
+        click.option("--patch-weight", type=float, default=5.0, show_default=True),
+        click.option("--jitter", type=float, default=1.0, show_default=True,
+                     help="colour-jitter strength of the views (1 = reference, 0..2)"),
+        click.option("--cutout", type=float, default=0.5, show_default=True,
+                     help="side of the square each view blanks, as a fraction of the view "
+                          "(0 = none)"),
+        click.option("--noise", type=float, default=ViewConfig.noise, show_default=True,
+                     help="per-view pixel noise std"),
+        click.option("--tv", "tv_weight", type=float, default=0.0, show_default=True,
+                     help="total-variation penalty on the pixels (0 = off)"),
+        click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+
+    @functools.wraps(f)
+    def inner(*args, views, patch_views, patch_weight, jitter, cutout, noise, tv_weight, scales,
+              **kwargs):
+        view_config = ViewConfig(global_views=views, patch_views=patch_views, cutout=cutout,
+                                 noise=noise).with_jitter(jitter)
+        settings = dict(views=view_config, patch_weight=patch_weight, tv_weight=tv_weight,
+                        scales=scales)
+        return f(*args, settings=settings, **kwargs)
+
+    return inner

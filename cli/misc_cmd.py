@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from clipag.attacks import ThreatModel
-from clipag.augment import ViewConfig
 from clipag.data import open_dataset, split
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
@@ -20,7 +19,7 @@ from clipag.fileio import write_text_atomic
 from clipag.init import fit, images_for_fit
 from clipag.models import PRESETS, cache_dir, load_guide, preset_status
 
-from .common import Command, Number, Sides, model_options
+from .common import Command, Number, Sides, bench_view_options, model_options
 
 out = Console()
 
@@ -109,21 +108,10 @@ def bench():
               help="held-out CLIP judge (never a guide): a model name or checkpoint file")
 @click.option("--prompts", type=int, default=24, show_default=True)
 @click.option("--steps", type=int, default=100, show_default=True)
-@click.option("--views", type=int, default=32, show_default=True)
-@click.option("--patch-views", type=int, default=32, show_default=True)
-@click.option("--patch-weight", type=float, default=5.0, show_default=True)
-@click.option("--jitter", type=float, default=1.0, show_default=True,
-              help="colour-jitter strength of the views (1 = reference, 0..2)")
-@click.option("--cutout", type=float, default=0.5, show_default=True,
-              help="side of the square each view blanks, as a fraction of the view (0 = none)")
-@click.option("--noise", type=float, default=ViewConfig.noise, show_default=True,
-              help="per-view pixel noise std")
+@bench_view_options
 @click.option("--lr", type=float, default=0.0175, show_default=True)
 @click.option("--threshold", type=float, default=0.95, show_default=True,
               help="dynamic-thresholding percentile (0 = clamp)")
-@click.option("--tv", "tv_weight", type=float, default=0.0, show_default=True,
-              help="total-variation penalty on the pixels (0 = off)")
-@click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32")
 @click.option("--init", default="gmm", show_default=True,
               help="gmm, noise, a mixture file or crossflow[:FILE]")
 @click.option("--init-candidates", type=int, default=1000, show_default=True)
@@ -132,22 +120,17 @@ def bench():
 @click.option("--out", "-o", default="bench/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_weight, jitter, cutout,
-              noise, lr, threshold, tv_weight, scales, init, init_candidates, batch_size, seed, out,
-              device):
+def bench_pag(guides, judge_model, prompts, steps, settings, lr, threshold, init, init_candidates,
+              batch_size, seed, out, device):
     """Judge accuracy of images made with each guide on fixed world prompts."""
     import sys
 
-    from clipag.augment import ViewConfig
     from clipag.benchmark import run
     from clipag.generate import GenerateConfig, check_init
 
     check_init(init)
     config = GenerateConfig(steps=steps, init=init, init_candidates=init_candidates, lr=lr,
-                            patch_weight=patch_weight, scales=scales, threshold=threshold,
-                            tv_weight=tv_weight,
-                            views=ViewConfig(global_views=views, patch_views=patch_views,
-                                             cutout=cutout, noise=noise).with_jitter(jitter))
+                            threshold=threshold, **settings)
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench pag"
     _, table = run([g.strip() for g in guides.split(",") if g.strip()], judge_model, prompts,
                    config, Path(out), resolve_device(device), batch_size, seed, command)
@@ -165,12 +148,7 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_wei
 @click.option("--refiner-steps", type=Sides(), default="0,25,50,100", show_default=True,
               help="comma-separated refiner step counts (0 = the start image alone)")
 @click.option("--prompts", type=int, default=16, show_default=True)
-@click.option("--views", type=int, default=32, show_default=True)
-@click.option("--patch-views", type=int, default=32, show_default=True)
-@click.option("--patch-weight", type=float, default=5.0, show_default=True)
-@click.option("--jitter", type=float, default=1.0, show_default=True,
-              help="colour-jitter strength of the views (1 = reference, 0..2)")
-@click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32")
+@bench_view_options
 @click.option("--init-candidates", type=int, default=1000, show_default=True)
 @click.option("--flow-steps", type=int, default=10, show_default=True)
 @click.option("--flow-guidance", type=float, default=2.0, show_default=True)
@@ -179,13 +157,11 @@ def bench_pag(guides, judge_model, prompts, steps, views, patch_views, patch_wei
 @click.option("--out", "-o", default="bench/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def bench_init(guide, judge_model, inits, refiner_steps, prompts, views, patch_views,
-               patch_weight, jitter, scales, init_candidates, flow_steps, flow_guidance, batch_size,
-               seed, out, device):
+def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, init_candidates,
+               flow_steps, flow_guidance, batch_size, seed, out, device):
     """Judge accuracy and time of GMM vs CrossFlow starts at several refiner step counts."""
     import sys
 
-    from clipag.augment import ViewConfig
     from clipag.benchmark import run_inits
     from clipag.crossflow import SampleConfig
     from clipag.generate import GenerateConfig, check_init
@@ -195,10 +171,8 @@ def bench_init(guide, judge_model, inits, refiner_steps, prompts, views, patch_v
         check_init(name)
     if not refiner_steps or min(refiner_steps) < 0:
         raise ClipagError("--refiner-steps must be counts >= 0, e.g. 0,25,50")
-    config = GenerateConfig(init_candidates=init_candidates, patch_weight=patch_weight,
-                            scales=scales, flow=SampleConfig(flow_steps, flow_guidance),
-                            views=ViewConfig(global_views=views,
-                                             patch_views=patch_views).with_jitter(jitter))
+    config = GenerateConfig(init_candidates=init_candidates,
+                            flow=SampleConfig(flow_steps, flow_guidance), **settings)
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench init"
     _, table = run_inits(guide, judge_model, prompts, names, list(refiner_steps), config,
                          Path(out), resolve_device(device), batch_size, seed, command)

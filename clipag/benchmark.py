@@ -201,7 +201,9 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
     lines = [f"# Initializer benchmark ({len(texts)} world prompts, guide {guide.name})", "",
              f"Command: `{command}`", "",
              f"Refiner: lr {config.lr}, views {config.views.global_views}+"
-             f"{config.views.patch_views}, scales {','.join(map(str, config.scales)) or 'none'}; "
+             f"{config.views.patch_views}, cutout {config.views.cutout:g}, noise "
+             f"{config.views.noise:g}, tv {config.tv_weight:g}, "
+             f"scales {','.join(map(str, config.scales)) or 'none'}; "
              f"GMM best of {config.init_candidates}; CrossFlow {config.flow.steps} "
              f"{config.flow.method} steps, guidance {config.flow.guidance}.", "",
              "| init | refiner steps | " + " | ".join(f"judge {a}" for a in ATTRIBUTES)
