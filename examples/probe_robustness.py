@@ -1,0 +1,63 @@
+"""Is a world model robust in the mode it guides in (eval mode)? Caption retrieval among 128
+world images (each image against the 128 captions, top-1), clean and under torchattacks'
+L2 PGD (10 steps) at several radii, with the model in eval mode throughout (BatchNorm on its
+running statistics, as when generating).
+
+    python examples/probe_robustness.py world-vanilla world-robust work/world/x.safetensors
+
+Measured 2026-11-23: world-robust 0.41 clean, 0.37 at eps 1; a ResNet guide trained at eps 1
+(README rows 28 and the BatchNorm note) 0.73 clean, 0.22 at eps 1: not robust.
+"""
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from clipag.attacks import CosineLogits, ThreatModel, attack_logits
+from clipag.data import image_to_tensor
+from clipag.models import ModelSpec, load_guide
+from clipag.world import WorldConfig, sample
+
+RADII = (0.0, 0.5, 1.0, 2.0)
+
+
+def load(name: str):
+    spec = ModelSpec(checkpoint=name) if name.endswith(".safetensors") else ModelSpec(model=name)
+    return load_guide(spec, torch.device("cpu"), quiet=True)
+
+
+def retrieval(guide, images: torch.Tensor, captions: list[str]) -> dict[float, float]:
+    model = guide.model.eval()
+    with torch.no_grad():
+        texts = F.normalize(guide.encode_texts(captions).float(), dim=-1)
+
+    def encode(x):
+        return F.normalize(model.visual(guide.normalize(x)).float(), dim=-1)
+
+    module = CosineLogits(encode, texts, 100.0, model)
+    labels = torch.arange(len(images))
+    result = {}
+    for eps in RADII:
+        attacked = (attack_logits(module, images, labels, ThreatModel("l2", eps, 10))
+                    if eps else images)
+        assert not model.training  # the attack must leave the model in eval mode
+        with torch.no_grad():
+            hits = (encode(attacked) @ texts.t()).argmax(1).eq(labels)
+        result[eps] = round(hits.float().mean().item(), 3)
+    return result
+
+
+def main(names: list[str]) -> None:
+    torch.manual_seed(0)
+    items = [sample(100_000 + i, WorldConfig()) for i in range(128)]
+    images = torch.stack([image_to_tensor(image, 64) for image, _, _ in items])
+    captions = [text for _, text, _ in items]
+    for name in names:
+        print(name, {f"eps {eps:g}": acc for eps, acc in retrieval(load(name), images,
+                                                                   captions).items()},
+              flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["world-vanilla", "world-robust"])
