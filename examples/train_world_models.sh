@@ -21,7 +21,7 @@ common=(--batch-size 128 --save-every 50 --log-every 50 --half --resume)
 # 2. The held-out judge: another architecture (ResNet), seed and data; never used as a guide.
 run clipag robustify "$work/data-judge" -o "$work/world-judge.safetensors" \
   --model world-rn --pretrained none --train-text --eps 0 \
-  --steps "${JUDGE_STEPS:-600}" --lr 5e-4 --warmup 50 --weight-decay 0.1 --seed 1 \
+  --steps "${JUDGE_STEPS:-2500}" --lr 5e-4 --warmup 50 --weight-decay 0.1 --seed 1 \
   "${common[@]}" > "$work/judge.log" 2>&1 &
 judge=$!
 
