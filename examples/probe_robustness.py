@@ -12,29 +12,20 @@ Measured 2026-11-23: world-robust 0.41 clean, 0.37 at eps 1; a ResNet guide trai
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from clipag.attacks import CosineLogits, ThreatModel, attack_logits
 from clipag.data import image_to_tensor
-from clipag.models import ModelSpec, load_guide
+from clipag.ensemble import load_named
 from clipag.world import WorldConfig, sample
 
 RADII = (0.0, 0.5, 1.0, 2.0)
 
 
-def load(name: str):
-    spec = ModelSpec(checkpoint=name) if name.endswith(".safetensors") else ModelSpec(model=name)
-    return load_guide(spec, torch.device("cpu"), quiet=True)
-
-
 def retrieval(guide, images: torch.Tensor, captions: list[str]) -> dict[float, float]:
     model = guide.model.eval()
     with torch.no_grad():
-        texts = F.normalize(guide.encode_texts(captions).float(), dim=-1)
-
-    def encode(x):
-        return F.normalize(model.visual(guide.normalize(x)).float(), dim=-1)
-
+        texts = guide.encode_texts(captions)
+    encode = guide.encode_images
     module = CosineLogits(encode, texts, 100.0, model)
     labels = torch.arange(len(images))
     result = {}
@@ -54,7 +45,8 @@ def main(names: list[str]) -> None:
     images = torch.stack([image_to_tensor(image, 64) for image, _, _ in items])
     captions = [text for _, text, _ in items]
     for name in names:
-        print(name, {f"eps {eps:g}": acc for eps, acc in retrieval(load(name), images,
+        guide = load_named(name, torch.device("cpu"), quiet=True)
+        print(name, {f"eps {eps:g}": acc for eps, acc in retrieval(guide, images,
                                                                    captions).items()},
               flush=True)
 
