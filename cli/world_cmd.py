@@ -25,8 +25,12 @@ def world():
 @click.option("--siblings", type=int, default=1, show_default=True,
               help="Write items in groups of K that differ only in shape (hard negatives); "
                    "train on them with `clipag robustify --group K`.")
-def export(out, count, seed, size, layout, digit_fraction, siblings):
+@click.option("--class-by", default="shape", show_default=True,
+              help="With --layout classes: the attributes that name a class, a comma-separated "
+                   "subset of color,shape,background (e.g. color,shape: 'red circle').")
+def export(out, count, seed, size, layout, digit_fraction, siblings, class_by):
     """Write COUNT world images in a layout `clipag robustify` reads."""
     config = world_lib.WorldConfig(seed=seed, size=size, digit_fraction=digit_fraction,
                                    siblings=siblings)
-    click.echo(str(world_lib.export(out, count, config, layout)))
+    by = tuple(part.strip() for part in class_by.split(",") if part.strip())
+    click.echo(str(world_lib.export(out, count, config, layout, class_by=by)))

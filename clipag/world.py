@@ -233,11 +233,32 @@ def items(n: int, config: WorldConfig) -> Iterator[tuple[str, Image.Image, str, 
         yield f"{i:07d}", image, text, scene
 
 
+CLASS_ATTRIBUTES = ("color", "shape", "background")
+
+
+def class_label(scene: Scene, by: tuple[str, ...] = ("shape",)) -> str:
+    """The class name of a scene for the `classes` layout, from the attributes `by` (any of
+    color, shape, background; always in that order): "circle", "red circle",
+    "red circle on a blue background". Digits are "digit 7" whatever `by` is."""
+    unknown = sorted(set(by) - set(CLASS_ATTRIBUTES))
+    if unknown or not by:
+        raise ClipagError(f"--class-by takes a comma-separated subset of "
+                          f"{', '.join(CLASS_ATTRIBUTES)}; got {','.join(by) or 'nothing'}")
+    if scene.digit is not None:
+        return f"digit {scene.digit}"
+    words = [scene.color] if "color" in by else []
+    words.append(scene.shape if "shape" in by else "shape")
+    if "background" in by:
+        words.append(f"on a {scene.background} background")
+    return " ".join(words)
+
+
 def export(out: Path, n: int, config: WorldConfig, layout: str = "captions",
-           shard_size: int = 5000) -> Path:
+           shard_size: int = 5000, class_by: tuple[str, ...] = ("shape",)) -> Path:
     """Write `n` items in a layout `clipag robustify` reads; also `scenes.jsonl` with the
-    ground truth of every item."""
+    ground truth of every item. The `classes` layout names each folder by `class_label`."""
     config.validate()
+    class_label(sample_scene(random.Random(0)), class_by)  # refuse a bad `class_by` up front
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     truth = []
@@ -248,7 +269,7 @@ def export(out: Path, n: int, config: WorldConfig, layout: str = "captions",
             truth.append({"key": key, "caption": text, **asdict(scene)})
     elif layout == "classes":
         for key, image, text, scene in items(n, config):
-            label = f"digit {scene.digit}" if scene.digit is not None else scene.shape
+            label = class_label(scene, class_by)
             folder = out / label.replace(" ", "_")
             folder.mkdir(exist_ok=True)
             image.save(folder / f"{key}.png")

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from clipag import world
@@ -102,3 +104,27 @@ def test_siblings_differ_only_in_shape():
 def test_siblings_are_validated(tmp_path):
     with pytest.raises(ClipagError, match="--siblings must be >= 1"):
         world.export(tmp_path, 4, world.WorldConfig(siblings=0))
+
+
+def test_classes_layout_names_folders_by_the_chosen_attributes(tmp_path):
+    config = world.WorldConfig(seed=2, size=16, digit_fraction=0.2)
+    out = world.export(tmp_path / "cs", 40, config, layout="classes",
+                       class_by=("shape", "color"))
+    truth = [json.loads(line) for line in (out / "scenes.jsonl").read_text().splitlines()]
+    for row in truth:
+        expected = (f"digit_{row['digit']}" if row["digit"] is not None
+                    else f"{row['color']}_{row['shape']}")
+        assert (out / expected / f"{row['key']}.png").is_file()
+    assert any(row["digit"] is not None for row in truth)
+    scene = next(world.sample(i, config)[2] for i in range(40)
+                 if world.sample(i, config)[2].digit is None)
+    assert world.class_label(scene) == scene.shape
+    assert (world.class_label(scene, ("background", "color", "shape"))
+            == f"{scene.color} {scene.shape} on a {scene.background} background")
+
+
+@pytest.mark.parametrize("by", [(), ("colour",), ("shape", "size")])
+def test_class_by_is_validated(tmp_path, by):
+    with pytest.raises(ClipagError, match="--class-by takes a comma-separated subset"):
+        world.export(tmp_path / "x", 4, world.WorldConfig(), layout="classes", class_by=by)
+    assert not (tmp_path / "x").exists()
