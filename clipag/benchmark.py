@@ -22,6 +22,7 @@ from .models import Guide, load_guide, spec_for
 from .output import save_grid
 from .prompts import parse_prompt
 from .world import WorldConfig, full_caption, sample
+from .world import parse_prompt as prompt_attributes
 
 ATTRIBUTES = ("color", "background", "shape", "count")
 
@@ -45,6 +46,7 @@ class GuideReport:
     judge_score: float  # held-out CLIP cosine(image, prompt)
     guide_score: float  # the guide's own cosine(image, prompt)
     seconds_per_image: float
+    reads: list[dict] = dataclasses.field(default_factory=list)  # what the judge saw, per image
 
     @property
     def fooling_gap(self) -> float:
@@ -80,21 +82,38 @@ def make_images(guide: Guide, prompts: list[str], config: GenerateConfig, batch_
 
 
 def score_images(images: torch.Tensor, prompts: list[str], held_out: Guide
-                 ) -> tuple[dict[str, float], float]:
-    """(analytic judge accuracy per attribute, mean held-out CLIP cosine to the prompt)."""
+                 ) -> tuple[dict[str, float], float, list[dict]]:
+    """(analytic judge accuracy per attribute, mean held-out CLIP cosine to the prompt, what
+    the judge read in each image)."""
     hits, totals = defaultdict(int), defaultdict(int)
     with torch.no_grad():
         size = held_out.image_size
         x = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
                                             antialias=True).to(held_out.device)
         judge_scores = (held_out.encode_images(x) * held_out.encode_texts(prompts)).sum(-1)
+    reads = []
     for image, prompt in zip(images, prompts):
         for attribute, ok in judge(image, prompt).items():
             if attribute in ATTRIBUTES:
                 hits[attribute] += ok
                 totals[attribute] += 1
+        reads.append({k: v for k, v in read_image(image).items() if k in ATTRIBUTES})
     accuracy = {a: hits[a] / totals[a] for a in ATTRIBUTES if totals[a]}
-    return accuracy, judge_scores.mean().item()
+    return accuracy, judge_scores.mean().item(), reads
+
+
+def confusion(prompts: list[str], reads: list[dict], attribute: str = "shape"
+              ) -> dict[str, dict[str, int]]:
+    """For each value the prompts ask for, how often the judge read each value: tells a guide
+    that draws one shape everywhere from one that draws none."""
+    table: dict[str, dict[str, int]] = {}
+    for prompt, seen in zip(prompts, reads):
+        wanted = prompt_attributes(prompt).get(attribute)
+        if wanted is not None:
+            row = table.setdefault(wanted, {})
+            got = str(seen.get(attribute))
+            row[got] = row.get(got, 0) + 1
+    return table
 
 
 def run_guide(guide: Guide, held_out: Guide, prompts: list[str], config: GenerateConfig,
@@ -102,9 +121,9 @@ def run_guide(guide: Guide, held_out: Guide, prompts: list[str], config: Generat
     start = time.perf_counter()
     images, guide_scores = make_images(guide, prompts, config, batch_size, seed)
     seconds = (time.perf_counter() - start) / len(prompts)
-    accuracy, judge_score = score_images(images, prompts, held_out)
+    accuracy, judge_score, reads = score_images(images, prompts, held_out)
     report = GuideReport(guide.name, accuracy, judge_score,
-                         sum(guide_scores) / len(prompts), seconds)
+                         sum(guide_scores) / len(prompts), seconds, reads)
     return report, images
 
 
@@ -121,7 +140,7 @@ def validate_judge(n: int = 400) -> dict[str, float]:
 
 
 def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts: int,
-             config: GenerateConfig, command: str) -> str:
+             config: GenerateConfig, command: str, texts: tuple[str, ...] = ()) -> str:
     lines = [f"# PAG benchmark ({prompts} world prompts)", "",
              f"Command: `{command}`", "",
              f"Settings: steps {config.steps}, lr {config.lr}, views "
@@ -141,7 +160,22 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
                      f" | {r.seconds_per_image:.1f} |")
     lines += ["", "Analytic judge on ground-truth world images: "
               + ", ".join(f"{k} {v:.3f}" for k, v in judge_truth.items()), ""]
+    if texts and any(r.reads for r in reports):
+        lines += _confusion_table(reports, list(texts))
     return "\n".join(lines)
+
+
+def _confusion_table(reports: list[GuideReport], texts: list[str]) -> list[str]:
+    tables = [confusion(texts, r.reads) for r in reports]
+    asked = sorted({shape for t in tables for shape in t})
+    lines = ["Shapes as the judge read them (prompted shape: read shape x images):", "",
+             "| guide | " + " | ".join(asked) + " |", "|---" * (len(asked) + 1) + "|"]
+    for r, table in zip(reports, tables):
+        cells = [", ".join(f"{got} {n}" for got, n in sorted(table.get(shape, {}).items(),
+                                                              key=lambda kv: (-kv[1], kv[0])))
+                 for shape in asked]
+        lines.append(f"| {r.guide} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfig,
@@ -157,7 +191,7 @@ def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfi
         reports.append(report)
         rows.extend(images)
     truth = validate_judge()
-    table = markdown(reports, truth, prompts, config, command)
+    table = markdown(reports, truth, prompts, config, command, tuple(texts))
     write_text_atomic(out / "pag.md", table)
     write_text_atomic(out / "pag.json", json.dumps({
         "prompts": texts, "settings": dataclasses.asdict(config), "judge_truth": truth,
@@ -195,7 +229,7 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
             start = time.perf_counter()
             images, _ = make_images(guide, texts, run, batch_size, seed)
             seconds = (time.perf_counter() - start) / len(texts)
-            accuracy, judge_score = score_images(images, texts, held_out)
+            accuracy, judge_score, _ = score_images(images, texts, held_out)
             reports.append(InitReport(init.split(":")[0], steps, accuracy, judge_score, seconds))
             rows.extend(images)
     lines = [f"# Initializer benchmark ({len(texts)} world prompts, guide {guide.name})", "",

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from clipag.augment import ViewConfig
-from clipag.benchmark import run
+from clipag import world
+from clipag.benchmark import run, suite
 from clipag.checkpoint import read_meta
 from clipag.generate import GenerateConfig
 from clipag.init import DEFAULT_GMM, GaussianMixture
@@ -69,6 +70,13 @@ def test_benchmark_smoke_on_two_prompts(tmp_path):
     text = table.read_text()
     assert "world-robust" in text and "judge color" in text
     assert (tmp_path / "pag-grid.png").is_file() and (tmp_path / "pag.json").is_file()
+    saved = json.loads((tmp_path / "pag.json").read_text())["reports"]
+    for r, row in zip(reports, saved):  # one read per image, consistent with the accuracy
+        assert len(row["reads"]) == 2 and row["reads"] == r.reads
+        wanted = [world.parse_prompt(p).get("shape") for p in suite(2)]
+        pairs = [(seen.get("shape"), w) for seen, w in zip(r.reads, wanted) if w is not None]
+        assert r.accuracy["shape"] == sum(a == b for a, b in pairs) / len(pairs)
+    assert "Shapes as the judge read them" in text
     assert dataclasses.asdict(config)["steps"] == 2
 
 
@@ -83,7 +91,6 @@ def test_benchmark_judge_may_be_a_checkpoint_file(tmp_path):
 
 def test_embedded_crossflow_drafts_show_their_prompt():
     """The shipped world CrossFlow alone: its drafts' background colour follows the prompt."""
-    from clipag.benchmark import suite
     from clipag.crossflow import DEFAULT_FLOW, FlowInit, SampleConfig, load_flow, text_guide_for
     from clipag.judge import judge
     from clipag.prompts import parse_prompt

@@ -128,3 +128,13 @@ def test_class_by_is_validated(tmp_path, by):
     with pytest.raises(ClipagError, match="--class-by takes a comma-separated subset"):
         world.export(tmp_path / "x", 4, world.WorldConfig(), layout="classes", class_by=by)
     assert not (tmp_path / "x").exists()
+
+
+def test_confusion_counts_what_the_judge_read_per_prompted_value():
+    from clipag.benchmark import confusion
+    prompts = ["a red circle", "two blue circles", "a green triangle on a white background",
+               "a pink background"]
+    reads = [{"shape": "square"}, {"shape": "circle"}, {"shape": "square"}, {"shape": "circle"}]
+    assert confusion(prompts, reads) == {"circle": {"square": 1, "circle": 1},
+                                         "triangle": {"square": 1}}
+    assert confusion(prompts, reads, "color")["red"] == {"None": 1}
