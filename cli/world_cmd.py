@@ -28,9 +28,11 @@ def world():
 @click.option("--class-by", default="shape", show_default=True,
               help="With --layout classes: the attributes that name a class, a comma-separated "
                    "subset of color,shape,background (e.g. color,shape: 'red circle').")
-def export(out, count, seed, size, layout, digit_fraction, siblings, class_by):
+@click.option("--object-scale", type=float, default=1.0, show_default=True,
+              help="Multiply every object's extent (0.5-1.6): a world of bigger shapes.")
+def export(out, count, seed, size, layout, digit_fraction, siblings, class_by, object_scale):
     """Write COUNT world images in a layout `clipag robustify` reads."""
     config = world_lib.WorldConfig(seed=seed, size=size, digit_fraction=digit_fraction,
-                                   siblings=siblings)
+                                   siblings=siblings, object_scale=object_scale)
     by = tuple(part.strip() for part in class_by.split(",") if part.strip())
     click.echo(str(world_lib.export(out, count, config, layout, class_by=by)))

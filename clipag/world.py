@@ -36,6 +36,7 @@ POSITIONS = ("left", "right", "top", "bottom", "center")
 COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 SIZE_FRACTION = {"small": 0.22, "large": 0.42}  # object extent as a fraction of the side
 SUPERSAMPLE = 4
+MAX_OBJECT_SCALE = 1.6  # beyond it three small objects rarely fit side by side
 
 
 @dataclass(frozen=True)
@@ -61,22 +62,23 @@ def _place(rng: random.Random, count: int, extent: float, position: str | None
         cy += rng.uniform(-0.04, 0.04)
         lo, hi = half + 0.02, 1 - half - 0.02
         return ((min(max(cx, lo), hi), min(max(cy, lo), hi), extent),)
-    for _ in range(200):
+    for _ in range(5000):
         boxes = [(rng.uniform(half + 0.03, 1 - half - 0.03), rng.uniform(half + 0.03, 1 - half - 0.03))
                  for _ in range(count)]
         if all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) > extent + 0.04
                for i, a in enumerate(boxes) for b in boxes[i + 1:]):
             return tuple((x, y, extent) for x, y in boxes)
-    raise RuntimeError("could not place objects")  # pragma: no cover - sizes make this unreachable
+    raise RuntimeError("could not place objects")  # pragma: no cover - MAX_OBJECT_SCALE keeps it unreachable
 
 
-def sample_scene(rng: random.Random) -> Scene:
+def sample_scene(rng: random.Random, object_scale: float = 1.0) -> Scene:
+    """A random scene; `object_scale` multiplies every object's extent (1 = the standard world)."""
     shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
     background = rng.choice([c for c in COLORS if c != color])
     count = rng.choice((1, 1, 2, 3))
     size = "small" if count > 1 else rng.choice(SIZES)  # two large ones do not fit
     position = rng.choice(POSITIONS) if count == 1 else None
-    extent = SIZE_FRACTION[size] * rng.uniform(0.9, 1.1)
+    extent = SIZE_FRACTION[size] * rng.uniform(0.9, 1.1) * object_scale
     return Scene(shape, color, background, size, count, position, _place(rng, count, extent, position))
 
 
@@ -195,8 +197,12 @@ class WorldConfig:
     size: int = 64
     digit_fraction: float = 0.1
     siblings: int = 1  # items per group of hard negatives (see `sample`)
+    object_scale: float = 1.0  # multiplies object extents; three small objects fit up to 1.6
 
     def validate(self) -> None:
+        if not 0.5 <= self.object_scale <= MAX_OBJECT_SCALE:
+            raise ClipagError(f"--object-scale must be in [0.5, {MAX_OBJECT_SCALE}], "
+                              f"got {self.object_scale}")
         if self.siblings < 1:
             raise ClipagError(f"--siblings must be >= 1, got {self.siblings}")
         if not 0 <= self.digit_fraction <= 1:
@@ -213,14 +219,14 @@ def sample(index: int, config: WorldConfig) -> tuple[Image.Image, str, Scene]:
     if config.siblings == 1:
         rng = random.Random(f"{config.seed}:{index}")
         scene = (sample_digit(rng) if config.digit_fraction and rng.random() < config.digit_fraction
-                 else sample_scene(rng))
+                 else sample_scene(rng, config.object_scale))
         return render(scene, config.size), caption(scene, rng), scene
     group, member = divmod(index, config.siblings)
     rng = random.Random(f"{config.seed}:g{group}")
     if config.digit_fraction and rng.random() < config.digit_fraction:
         scene = sample_digit(random.Random(f"{config.seed}:g{group}:{member}"))
     else:
-        base = sample_scene(rng)
+        base = sample_scene(rng, config.object_scale)
         first = rng.randrange(len(SHAPES))
         scene = dataclasses.replace(base, shape=SHAPES[(first + member) % len(SHAPES)])
     text = caption(scene, random.Random(f"{config.seed}:g{group}:caption"))

@@ -82,6 +82,8 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
     (["world", "export", "w", "--n", "4", "--siblings", "0"], "--siblings must be >= 1"),
     (["world", "export", "w", "--n", "4", "--digit-fraction", "2"],
      "--digit-fraction must be in [0, 1]"),
+    (["world", "export", "w", "--n", "4", "--object-scale", "2"],
+     "--object-scale must be in [0.5, 1.6], got 2.0"),
     (["world", "export", "w", "--n", "4", "--layout", "classes", "--class-by", "colour"],
      "--class-by takes a comma-separated subset of color, shape, background; got colour"),
 ])

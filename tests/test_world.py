@@ -101,6 +101,32 @@ def test_siblings_differ_only_in_shape():
     assert len(firsts) > 1  # the groups themselves differ
 
 
+def test_object_scale_grows_every_object_and_keeps_the_rest():
+    import numpy as np
+
+    base, big = world.WorldConfig(seed=9, digit_fraction=0.0), world.WorldConfig(
+        seed=9, digit_fraction=0.0, object_scale=1.6)
+    counts = set()
+    for i in range(60):
+        (a, _, s), (b, _, t) = world.sample(i, base), world.sample(i, big)
+        assert (s.shape, s.color, s.background, s.count) == (t.shape, t.color, t.background,
+                                                              t.count)
+        assert all(abs(bt[2] / bs[2] - 1.6) < 1e-9 for bs, bt in zip(s.boxes, t.boxes))
+        background = np.array(world.COLORS[s.background])
+        area = [(np.abs(np.asarray(x, int) - background).sum(-1) > 60).mean() for x in (a, b)]
+        assert area[1] > 1.8 * area[0]  # 1.6x the extent: about 2.6x the area
+        counts.add(t.count)
+    assert counts == {1, 2, 3}  # three big objects still fit side by side
+    assert world.sample(5, world.WorldConfig(seed=9, object_scale=1.0))[1] == \
+        world.sample(5, world.WorldConfig(seed=9))[1]
+
+
+@pytest.mark.parametrize("scale", [0.4, 1.7])
+def test_object_scale_is_validated(tmp_path, scale):
+    with pytest.raises(ClipagError, match=r"--object-scale must be in \[0.5, 1.6\]"):
+        world.export(tmp_path / "x", 4, world.WorldConfig(object_scale=scale))
+
+
 def test_siblings_are_validated(tmp_path):
     with pytest.raises(ClipagError, match="--siblings must be >= 1"):
         world.export(tmp_path, 4, world.WorldConfig(siblings=0))
