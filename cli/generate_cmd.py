@@ -15,7 +15,7 @@ from clipag.device import resolve_device
 from clipag.errors import ClipagError
 from clipag.crossflow import SampleConfig
 from clipag.ensemble import load_spec
-from clipag.generate import GenerateConfig, check_init
+from clipag.generate import GenerateConfig
 from clipag.models import DEFAULT_PRESET, PRESETS
 from clipag.prompts import Job, parse_prompt, read_prompts_file
 
@@ -123,9 +123,10 @@ def generate_cmd(prompt, prompts_file, negative, negative_weight, output, outdir
                             init=init, init_image=init_image, init_candidates=init_candidates,
                             scales=scales, save_every=save_every,
                             flow=SampleConfig(steps=flow_steps, guidance=flow_guidance))
-    check_init(init)
     tasks = plan(jobs, config, Path(outdir), samples, seed, tuple(negative),
                  Path(output) if output else None)
+    for task in tasks:  # every setting a prompts file may change, before any model loads
+        task.config.check()
     if output and len(tasks) > 1:
         raise ClipagError("--output names one file; use --outdir for several images")
     if overwrite:

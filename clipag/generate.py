@@ -48,11 +48,25 @@ class GenerateConfig:
 
     def validate(self, guide: Guide) -> int:
         """Check the settings against the model; return the output side."""
+        self.check()
         size = self.size or guide.image_size
         if size < 8 or size > 4096:
             raise ClipagError(f"impossible size {size}: use 8..4096 pixels")
         if self.views.patch_views and size * self.views.patch_fraction < 4:
             raise ClipagError(f"size {size} is too small for patch views")
+        if self.scales:
+            sides = (*self.scales, size)
+            if min(self.scales) < 8 or any(a >= b for a, b in zip(sides, sides[1:])):
+                raise ClipagError(f"--scales must rise from >= 8 to below the output side {size}: "
+                                  f"got {','.join(map(str, self.scales))}")
+            if self.steps < len(sides):
+                raise ClipagError(f"--steps must be >= {len(sides)} for {len(sides)} scales")
+        return size
+
+    def check(self) -> None:
+        """The checks that need no model: run them before loading one."""
+        if self.size is not None and (self.size < 8 or self.size > 4096):
+            raise ClipagError(f"impossible size {self.size}: use 8..4096 pixels")
         if self.steps < 1:
             raise ClipagError("--steps must be >= 1")
         if self.lr <= 0:
@@ -72,14 +86,6 @@ class GenerateConfig:
         check_init(self.init)
         if self.init.startswith("crossflow"):
             self.flow.validate()
-        if self.scales:
-            sides = (*self.scales, size)
-            if min(self.scales) < 8 or any(a >= b for a, b in zip(sides, sides[1:])):
-                raise ClipagError(f"--scales must rise from >= 8 to below the output side {size}: "
-                                  f"got {','.join(map(str, self.scales))}")
-            if self.steps < len(sides):
-                raise ClipagError(f"--steps must be >= {len(sides)} for {len(sides)} scales")
-        return size
 
 
 def check_init(init: str) -> None:

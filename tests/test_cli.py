@@ -37,6 +37,23 @@ def test_generate_writes_png_sidecar_and_metadata(tmp_path, tiny_checkpoint):
                *FAST).exit_code == 0
 
 
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "a cat", "tv_weight": -1}', "--tv must be >= 0"),
+    ('{"prompt": "a cat", "steps": 0}', "--steps must be >= 1"),
+])
+def test_bad_settings_are_refused_before_any_model_loads(tmp_path, line, message):
+    # the checkpoint does not exist: an error about it would mean the model was loaded first
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(line + "\n")
+    missing = tmp_path / "missing.safetensors"
+    for args in (["a cat", "--tv", "-1", "-o", tmp_path / "x.png"] if "tv" in line else
+                 ["a cat", "--steps", "0", "-o", tmp_path / "x.png"], ["-f", prompts]):
+        result = run("generate", *args, "-c", missing, "-d", tmp_path / "out")
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "a red circle"}\n{"prompt": "two blue squares", "seed": 9}\n')
