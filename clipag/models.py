@@ -309,6 +309,9 @@ def load_guide(spec: ModelSpec, device: torch.device, quiet: bool = False) -> Gu
 
 def _resolve(spec: ModelSpec, quiet: bool) -> Guide:
     if spec.checkpoint:
+        if spec.checkpoint in PRESETS and not Path(spec.checkpoint).exists():
+            raise ClipagError(f"{spec.checkpoint} is a preset, not a file: use --model "
+                              f"{spec.checkpoint}")
         arch = spec.model
         if arch in PRESETS:
             arch = PRESETS[arch].arch

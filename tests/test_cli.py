@@ -78,6 +78,8 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
 @pytest.mark.parametrize("args,message", [
     (["generate", "a cat", "-c", "/nonexistent/model.pt"], "checkpoint not found"),
     (["generate", "a cat", "--size", "3"], "impossible size"),
+    (["generate", "a cat", "-c", "world-robust"],
+     "world-robust is a preset, not a file: use --model world-robust"),
     (["generate", "a cat", "--device", "cuda"], "no CUDA device"),
     (["generate"], "give a PROMPT or --prompts-file"),
     (["generate", "a cat", "--scales", "16,x"], "comma-separated list of sides"),
