@@ -109,7 +109,7 @@ def model_options(default_hint: str = "world-robust", mix: bool = False):
 
 def bench_view_options(f):
     """The views and pixel-penalty settings both benchmarks share (--views, --patch-views,
-    --patch-weight, --jitter, --cutout, --noise, --tv, --scales), handed to the command as one
+    --patch-weight, --jitter, --cutout, --noise, --tv, --scales, --size), handed to the command as one
     `settings` dict of GenerateConfig fields (views built and validated here)."""
     from clipag.augment import ViewConfig
 
@@ -127,17 +127,19 @@ def bench_view_options(f):
         click.option("--tv", "tv_weight", type=float, default=0.0, show_default=True,
                      help="total-variation penalty on the pixels (0 = off)"),
         click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32"),
+        click.option("--size", type=int, default=None,
+                     help="side of the optimised image [default: the guide's input]"),
     ]
     for option in reversed(options):
         f = option(f)
 
     @functools.wraps(f)
     def inner(*args, views, patch_views, patch_weight, jitter, cutout, noise, tv_weight, scales,
-              **kwargs):
+              size, **kwargs):
         view_config = ViewConfig(global_views=views, patch_views=patch_views, cutout=cutout,
                                  noise=noise).with_jitter(jitter)
         settings = dict(views=view_config, patch_weight=patch_weight, tv_weight=tv_weight,
-                        scales=scales)
+                        scales=scales, size=size)
         return f(*args, settings=settings, **kwargs)
 
     return inner

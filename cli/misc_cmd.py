@@ -126,11 +126,11 @@ def bench_pag(guides, judge_model, prompts, steps, settings, lr, threshold, init
     import sys
 
     from clipag.benchmark import run
-    from clipag.generate import GenerateConfig, check_init
+    from clipag.generate import GenerateConfig
 
-    check_init(init)
     config = GenerateConfig(steps=steps, init=init, init_candidates=init_candidates, lr=lr,
                             threshold=threshold, **settings)
+    config.check()
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench pag"
     _, table = run([g.strip() for g in guides.split(",") if g.strip()], judge_model, prompts,
                    config, Path(out), resolve_device(device), batch_size, seed, command)

@@ -28,6 +28,10 @@ from .common import Command, Number, console, model_options
 @click.option("--attack-steps", type=int, default=3, show_default=True)
 @click.option("--attack-step-size", type=Number(), default=None, help="[default: 2.5*eps/steps]")
 @click.option("--no-random-start", is_flag=True, help="start PGD at the clean image")
+@click.option("--pag-weight", type=float, default=0.0, show_default=True,
+              help="add W times a gradient-alignment term: the image gradient of the score for "
+                   "a sibling's caption should point at that sibling (needs --group K siblings "
+                   "from `clipag world export --siblings K`)")
 @click.option("--clean-weight", type=float, default=0.0, show_default=True,
               help="add this times the loss on the clean images (TRADES-style; keeps what the "
                    "model knows on clean data)")
@@ -57,9 +61,9 @@ from .common import Command, Number, console, model_options
 @click.option("--half", is_flag=True, help="store the final weights in fp16 (half the size)")
 @click.option("--quiet", "-q", is_flag=True)
 def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, attack_step_size,
-                  no_random_start, clean_weight, noise, train_text, steps, batch_size, accum, lr,
-                  weight_decay, warmup, grad_clip, save_every, log_every, seed, holdout, group,
-                  template, resume, overwrite, half, quiet):
+                  no_random_start, pag_weight, clean_weight, noise, train_text, steps, batch_size,
+                  accum, lr, weight_decay, warmup, grad_clip, save_every, log_every, seed, holdout,
+                  group, template, resume, overwrite, half, quiet):
     """Adversarially fine-tune a CLIP on DATA (folder, manifest, class folders or tar shards)."""
     if spec.model is None and spec.checkpoint is None:
         raise ClipagError("name the model to train: --model ARCH --pretrained TAG|FILE|none, "
@@ -69,7 +73,8 @@ def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, a
         out_path.unlink()
     threat = ThreatModel(norm, eps, attack_steps, attack_step_size, not no_random_start)
     config = TrainConfig(data=data, out=out, objective=objective, threat=threat,
-                         train_text=train_text, clean_weight=clean_weight, noise=noise, steps=steps,
+                         train_text=train_text, pag_weight=pag_weight,
+                         clean_weight=clean_weight, noise=noise, steps=steps,
                          batch_size=batch_size, accum=accum,
                          lr=lr, weight_decay=weight_decay, warmup=warmup, grad_clip=grad_clip,
                          save_every=save_every, log_every=log_every, seed=seed, holdout=holdout,

@@ -25,6 +25,7 @@ from .world import WorldConfig, full_caption, sample
 from .world import parse_prompt as prompt_attributes
 
 ATTRIBUTES = ("color", "background", "shape", "count")
+JUDGE_SIDE = 64  # the world's image side, where the analytic judge was validated
 
 
 def suite(n: int, seed: int = 1234) -> list[str]:
@@ -91,6 +92,9 @@ def score_images(images: torch.Tensor, prompts: list[str], held_out: Guide
         x = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
                                             antialias=True).to(held_out.device)
         judge_scores = (held_out.encode_images(x) * held_out.encode_texts(prompts)).sum(-1)
+    if images.shape[-1] != JUDGE_SIDE:  # the analytic judge reads at the world's resolution
+        images = torch.nn.functional.interpolate(images, size=(JUDGE_SIDE, JUDGE_SIDE),
+                                                 mode="bilinear", antialias=True).clamp(0, 1)
     reads = []
     for image, prompt in zip(images, prompts):
         for attribute, ok in judge(image, prompt).items():
@@ -148,6 +152,7 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
              f"{config.patch_weight}), colour jitter brightness {config.views.brightness:g}, "
              f"cutout {config.views.cutout:g}, noise {config.views.noise:g}, "
              f"scales {','.join(map(str, config.scales)) or 'none'}, "
+             f"size {config.size or 'the guide input'}, "
              f"init {config.init} (best of {config.init_candidates}), threshold "
              f"{config.threshold}, tv {config.tv_weight:g}.", "",
              "| guide | " + " | ".join(f"judge {a}" for a in ATTRIBUTES)

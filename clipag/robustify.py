@@ -7,6 +7,11 @@ Objectives (`TrainConfig.objective`):
 - ``tecoa``: cross-entropy over cosine logits against class prompts, on adversarial images.
 - ``clean_weight`` w > 0 (contrastive, tecoa) adds w times the same loss on the clean images
   (TRADES-style), so what the model knows on clean data is kept while it becomes robust.
+- ``pag_weight`` w > 0 (any objective, sibling groups from ``world export --siblings K``
+  trained with ``group`` K) adds w times a perceptually-aligned-gradient term: at an image,
+  the input-gradient of its cosine to a sibling's caption should point at that sibling
+  (1 - cosine between the two), so following the gradient of "a triangle" turns the circle
+  into the triangle. It needs a double backward pass (the math attention kernel).
 - ``fare``: unsupervised; || f(x_adv) - f_orig(x) ||^2 against a frozen copy of the
   original image encoder.
 ``eps = 0`` is plain fine-tuning with the same loop (and, from ``pretrained none``, training
@@ -24,6 +29,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .attacks import CosineLogits, ThreatModel, attack_logits, pgd
 from .checkpoint import save_checkpoint
@@ -58,6 +64,7 @@ class TrainConfig:
     clean_weight: float = 0.0  # weight of the clean-image loss added to the adversarial one
     group: int = 1  # keep runs of this many consecutive items in one batch (hard negatives)
     noise: float = 0.0  # std of Gaussian pixel noise added to every training image
+    pag_weight: float = 0.0  # weight of the sibling gradient-alignment term (needs group > 1)
     template: str = "a photo of a {}"
     resume: bool = False
     half: bool = False  # store the final weights in fp16 (half the file size)
@@ -79,6 +86,11 @@ class TrainConfig:
                               "(FARE's clean loss is its anchor already)")
         if self.noise < 0:
             raise ClipagError(f"--noise must be >= 0, got {self.noise}")
+        if self.pag_weight < 0:
+            raise ClipagError(f"--pag-weight must be >= 0, got {self.pag_weight}")
+        if self.pag_weight and self.group < 2:
+            raise ClipagError("--pag-weight needs sibling groups: export the world with "
+                              "--siblings K and train with --group K")
         if self.group > 1 and self.holdout:
             raise ClipagError("--group cannot be combined with --holdout (the split would "
                               "break the groups)")
@@ -165,6 +177,8 @@ class Objective:
         else:
             adv = images
         loss = self._loss(adv, texts, targets, scale)
+        if cfg.pag_weight:
+            loss = loss + cfg.pag_weight * self.alignment_loss(anchor, captions)
         clean = None
         if threat.active and cfg.clean_weight:
             clean = self._loss(images, texts, targets, scale)
@@ -177,6 +191,17 @@ class Objective:
             else:
                 clean = loss.detach()
         return loss, clean
+
+    def alignment_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """1 - `sibling_alignment` with one random sibling offset per call, taken at the
+        images plus Gaussian noise of a random std in [0, 0.1] (generation never sits exactly
+        on a world image)."""
+        k = self.config.group
+        shift = int(torch.randint(1, k, ()).item())
+        sigma = 0.1 * torch.rand(len(images), 1, 1, 1, device=images.device)
+        cosine = sibling_alignment(self.guide, self._encode, images, captions, k, shift, sigma,
+                                   create_graph=True)
+        return (1 - cosine).mean()
 
     def _loss(self, images, texts, targets, scale) -> torch.Tensor:
         cfg = self.config
@@ -193,6 +218,29 @@ class Objective:
                 shared = scale.detach() + (scale - scale.detach()) / world
                 loss = clip_loss(gather(features), texts, shared) * world
         return loss
+
+
+def sibling_alignment(guide: Guide, encode: Callable[[torch.Tensor], torch.Tensor],
+                      images: torch.Tensor, captions: list[str], k: int, shift: int,
+                      sigma: torch.Tensor | float = 0.0, create_graph: bool = False
+                      ) -> torch.Tensor:
+    """Per image, the cosine between the input-gradient of its score for the caption of the
+    sibling `shift` places on in its group (groups: `k` consecutive images that differ only in
+    the shape) and the step from the image to that sibling; 1 = the gradient draws the
+    sibling's shape. `encode` maps images to unit embeddings."""
+    n = len(images)
+    if n % k:
+        raise ClipagError(f"a batch of {n} does not hold whole groups of {k}")
+    index = torch.arange(n, device=images.device)
+    partner = index - index % k + (index % k + shift) % k
+    with torch.no_grad():
+        texts = guide.encode_texts([captions[i] for i in partner.tolist()])
+    x = (images + sigma * torch.randn_like(images)).detach().requires_grad_(True)
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):  # fused kernels: no double backward
+        score = (encode(x) * texts).sum()
+        grad, = torch.autograd.grad(score, x, create_graph=create_graph)
+    step = images[partner] - images
+    return F.cosine_similarity(grad.flatten(1), step.flatten(1), dim=1)
 
 
 def add_noise(images: torch.Tensor, std: float) -> torch.Tensor:

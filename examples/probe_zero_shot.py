@@ -7,12 +7,14 @@ counts colours cannot do. It also prints the median L2 distance between renders 
 only in shape.
 
     python examples/probe_zero_shot.py world-vanilla world-robust work/world/x.safetensors
+    OBJECT_SCALE=1.6 python examples/probe_zero_shot.py ...   # scenes of `world export --object-scale`
 
 A name ending in .state.pt is a robustify resume file (weights mid-training), world-vit
 unless prefixed with its architecture: world-rn:work/x.safetensors.state.pt.
 """
 
 import dataclasses
+import os
 import random
 import sys
 
@@ -78,7 +80,8 @@ def shape_distances(scenes) -> dict[str, float]:
 def main() -> None:
     torch.set_num_threads(1)
     rng = random.Random(7)
-    scenes = [s for s in (sample_scene(rng) for _ in range(600)) if s.count == 1][:150]
+    scale = float(os.environ.get("OBJECT_SCALE", "1"))
+    scenes = [s for s in (sample_scene(rng, scale) for _ in range(600)) if s.count == 1][:150]
     images = torch.stack([torch.from_numpy(np.array(render(s, 64))).permute(2, 0, 1).float() / 255
                           for s in scenes])
     print("median L2 distance between shapes:", shape_distances(scenes))

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -257,3 +258,62 @@ def test_noise_is_validated_and_recorded(tmp_path, world_captions):
     path, _ = _train(tmp_path, world_captions, steps=2, noise=0.2,
                      threat=ThreatModel("l2", 0.0, 0))
     assert read_meta(path)["noise"] == 0.2
+
+
+def _siblings(n=8, size=32):
+    from clipag.world import WorldConfig, sample
+    config = WorldConfig(seed=4, size=size, digit_fraction=0.0, siblings=4)
+    items = [sample(i, config) for i in range(n)]
+    images = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+                          for image, _, _ in items])
+    return images, [text for _, text, _ in items]
+
+
+def test_sibling_alignment_is_the_cosine_of_gradient_and_step(tiny_guide):
+    from clipag.robustify import sibling_alignment
+    images, captions = _siblings()
+    model = tiny_guide.model.eval()
+
+    def encode(x):
+        return F.normalize(model.visual(tiny_guide.normalize(x)).float(), dim=-1)
+
+    got = sibling_alignment(tiny_guide, encode, images, captions, 4, shift=1)
+    # by hand, image 5 (second group, member 1) against its sibling 6's caption
+    x = images[5:6].clone().requires_grad_(True)
+    text = tiny_guide.encode_texts([captions[6]])
+    (encode(x) * text).sum().backward()
+    expected = F.cosine_similarity(x.grad.flatten(), (images[6] - images[5]).flatten(), dim=0)
+    assert got.shape == (8,)
+    assert torch.allclose(got[5], expected, atol=1e-5)
+    with pytest.raises(ClipagError, match="does not hold whole groups of 4"):
+        sibling_alignment(tiny_guide, encode, images[:6], captions[:6], 4, shift=1)
+
+
+def test_pag_weight_training_aligns_the_gradients(tiny_guide):
+    from clipag.robustify import sibling_alignment
+    images, captions = _siblings()
+    config = TrainConfig(data="d", out="o", threat=ThreatModel("l2", 0.0, 0), group=4,
+                         pag_weight=1.0)
+    objective = Objective(config, tiny_guide, None)
+    model = tiny_guide.model.eval()
+
+    def alignment():
+        return torch.stack([sibling_alignment(tiny_guide, objective._encode, images, captions,
+                                              4, shift) for shift in (1, 2, 3)]).mean().item()
+
+    before = alignment()
+    optimizer = torch.optim.Adam(model.visual.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    for _ in range(40):
+        optimizer.zero_grad()
+        objective.alignment_loss(images, captions).backward()
+        optimizer.step()
+    after = alignment()
+    assert after > before + 0.2, (before, after)
+
+
+def test_pag_weight_is_validated(tmp_path, world_captions):
+    with pytest.raises(ClipagError, match="--pag-weight must be >= 0"):
+        _train(tmp_path, world_captions, pag_weight=-1.0, group=4)
+    with pytest.raises(ClipagError, match="--pag-weight needs sibling groups"):
+        _train(tmp_path, world_captions, pag_weight=1.0)

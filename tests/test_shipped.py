@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -137,3 +138,24 @@ def test_default_model_brings_its_recommended_settings_unless_overridden(tmp_pat
     chosen, _ = settings("--model", "world-vanilla")
     assert chosen["scales"] == [] and chosen["views"]["patch_views"] == 32
     assert chosen["views"]["cutout"] == 0.5 and chosen["tv_weight"] == 0.0
+
+
+def test_benchmark_size_optimises_smaller_images_and_judges_them_at_64px(tmp_path):
+    from clipag.benchmark import make_images, score_images
+    from clipag.models import spec_for
+    from clipag.world import WorldConfig, full_caption, sample
+
+    robust = load_guide(spec_for("world-robust"), CPU, quiet=True)
+    config = GenerateConfig(size=32, steps=2, init_candidates=4,
+                            views=ViewConfig(global_views=2, patch_views=0))
+    images, scores = make_images(robust, suite(2), config, batch_size=2, seed=0)
+    assert images.shape == (2, 3, 32, 32) and len(scores) == 2
+    _, table = run(["world-robust"], "world-judge", 1, config, tmp_path, CPU)
+    assert "size 32" in table.read_text()
+    # ground-truth world images drawn at 32 px are still read right after the resize to 64
+    items = [sample(i, WorldConfig(seed=99, size=32, digit_fraction=0.0)) for i in range(24)]
+    truth = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+                         for image, _, _ in items])
+    judge_model = load_guide(spec_for("world-judge"), CPU, quiet=True)
+    accuracy, _, _ = score_images(truth, [full_caption(s) for _, _, s in items], judge_model)
+    assert accuracy["color"] >= 0.95 and accuracy["background"] >= 0.95, accuracy
