@@ -50,8 +50,7 @@ class GenerateConfig:
         """Check the settings against the model; return the output side."""
         self.check()
         size = self.size or guide.image_size
-        if size < 8 or size > 4096:
-            raise ClipagError(f"impossible size {size}: use 8..4096 pixels")
+        check_size(size)
         if self.views.patch_views and size * self.views.patch_fraction < 4:
             raise ClipagError(f"size {size} is too small for patch views")
         if self.scales:
@@ -65,8 +64,8 @@ class GenerateConfig:
 
     def check(self) -> None:
         """The checks that need no model: run them before loading one."""
-        if self.size is not None and (self.size < 8 or self.size > 4096):
-            raise ClipagError(f"impossible size {self.size}: use 8..4096 pixels")
+        if self.size is not None:
+            check_size(self.size)
         if self.steps < 1:
             raise ClipagError("--steps must be >= 1")
         if self.lr <= 0:
@@ -86,6 +85,11 @@ class GenerateConfig:
         check_init(self.init)
         if self.init.startswith("crossflow"):
             self.flow.validate()
+
+
+def check_size(size: int) -> None:
+    if size < 8 or size > 4096:
+        raise ClipagError(f"impossible size {size}: use 8..4096 pixels")
 
 
 def check_init(init: str) -> None:
