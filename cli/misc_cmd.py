@@ -173,6 +173,7 @@ def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, init
         raise ClipagError("--refiner-steps must be counts >= 0, e.g. 0,25,50")
     config = GenerateConfig(init_candidates=init_candidates,
                             flow=SampleConfig(flow_steps, flow_guidance), **settings)
+    config.check()
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench init"
     _, table = run_inits(guide, judge_model, prompts, names, list(refiner_steps), config,
                          Path(out), resolve_device(device), batch_size, seed, command)

@@ -93,6 +93,9 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
       "--noise", "-1"], "--noise must be >= 0"),
     (["bench", "pag", "--threshold", "1", "--prompts", "1", "-o", "b"], "--threshold must be in"),
     (["bench", "init", "--tv", "-1", "--prompts", "1", "-o", "b"], "--tv must be >= 0"),
+    # settings are checked before any model is loaded: the missing guide is never reached
+    (["bench", "init", "--guide", "missing.safetensors", "--tv", "-1", "--prompts", "1", "-o",
+      "b"], "--tv must be >= 0"),
     (["robustify", "/nonexistent", "-o", "x.safetensors", "--model", "clipag-tiny",
       "--pretrained", "none"], "no dataset"),
     (["robustify", "data", "-o", "x.safetensors"], "name the model"),
