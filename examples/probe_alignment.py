@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipag.data import image_to_tensor
 from clipag.robustify import sibling_alignment
 from clipag.world import WorldConfig, sample
 from probe_zero_shot import load
@@ -27,8 +28,7 @@ def main() -> None:
     torch.set_num_threads(1)
     config = WorldConfig(seed=5, digit_fraction=0.0, siblings=GROUP)
     items = [sample(i, config) for i in range(32 * GROUP)]
-    images = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
-                          for image, _, _ in items])
+    images = torch.stack([image_to_tensor(image, config.size) for image, _, _ in items])
     captions = [text for _, text, _ in items]
     for name in sys.argv[1:]:
         guide = load(name)

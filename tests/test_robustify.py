@@ -3,7 +3,6 @@ import subprocess
 import sys
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -261,11 +260,11 @@ def test_noise_is_validated_and_recorded(tmp_path, world_captions):
 
 
 def _siblings(n=8, size=32):
+    from clipag.data import image_to_tensor
     from clipag.world import WorldConfig, sample
     config = WorldConfig(seed=4, size=size, digit_fraction=0.0, siblings=4)
     items = [sample(i, config) for i in range(n)]
-    images = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
-                          for image, _, _ in items])
+    images = torch.stack([image_to_tensor(image, size) for image, _, _ in items])
     return images, [text for _, text, _ in items]
 
 

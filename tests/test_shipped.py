@@ -3,7 +3,6 @@
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -142,6 +141,7 @@ def test_default_model_brings_its_recommended_settings_unless_overridden(tmp_pat
 
 def test_benchmark_size_optimises_smaller_images_and_judges_them_at_64px(tmp_path):
     from clipag.benchmark import make_images, score_images
+    from clipag.data import image_to_tensor
     from clipag.models import spec_for
     from clipag.world import WorldConfig, full_caption, sample
 
@@ -154,8 +154,7 @@ def test_benchmark_size_optimises_smaller_images_and_judges_them_at_64px(tmp_pat
     assert "size 32" in table.read_text()
     # ground-truth world images drawn at 32 px are still read right after the resize to 64
     items = [sample(i, WorldConfig(seed=99, size=32, digit_fraction=0.0)) for i in range(24)]
-    truth = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
-                         for image, _, _ in items])
+    truth = torch.stack([image_to_tensor(image, 32) for image, _, _ in items])
     judge_model = load_guide(spec_for("world-judge"), CPU, quiet=True)
     accuracy, _, _ = score_images(truth, [full_caption(s) for _, _, s in items], judge_model)
     assert accuracy["color"] >= 0.95 and accuracy["background"] >= 0.95, accuracy
