@@ -13,7 +13,7 @@ test:
 	$(PYTHON) -m pytest
 
 lint:
-	$(PYTHON) -m ruff check clipag cli tests bench examples
+	$(PYTHON) -m ruff check clipag cli tests bench examples research
 
 bench: bench-speed bench-train
 

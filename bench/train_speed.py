@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from clipag import world
-from clipag.attacks import ThreatModel
+from clipag.world import scenes as world
+from clipag.train.attacks import ThreatModel
 from clipag.device import resolve_device
 from clipag.models import ModelSpec
-from clipag.robustify import TrainConfig, robustify
+from clipag.train.robustify import TrainConfig, robustify
 
 
 def main():

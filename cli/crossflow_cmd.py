@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clipag.crossflow import (DEFAULT_FLOW, FlowInit, LossWeights, SampleConfig, load_flow,
+from clipag.flow.crossflow import (DEFAULT_FLOW, FlowInit, LossWeights, SampleConfig, load_flow,
                               text_guide_for)
-from clipag.crossflow_train import FlowTrainConfig, train_flow
+from clipag.flow.train import FlowTrainConfig, train_flow
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
 from clipag.init import upsample

@@ -13,7 +13,7 @@ from clipag.augment import ViewConfig
 from clipag.batch import batches, plan, run_batch
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
-from clipag.crossflow import SampleConfig
+from clipag.flow.crossflow import SampleConfig
 from clipag.ensemble import load_spec
 from clipag.generate import GenerateConfig
 from clipag.models import DEFAULT_PRESET, PRESETS

@@ -10,11 +10,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from clipag.attacks import ThreatModel
-from clipag.data import open_dataset, split
+from clipag.train.attacks import ThreatModel
+from clipag.train.data import open_dataset, split
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
-from clipag.evaluate import zero_shot
+from clipag.train.evaluate import zero_shot
 from clipag.fileio import write_text_atomic
 from clipag.init import fit, images_for_fit
 from clipag.models import PRESETS, cache_dir, load_guide, preset_status
@@ -125,7 +125,7 @@ def bench_pag(guides, judge_model, prompts, steps, settings, lr, threshold, init
     """Judge accuracy of images made with each guide on fixed world prompts."""
     import sys
 
-    from clipag.benchmark import run
+    from clipag.world.benchmark import run
     from clipag.generate import GenerateConfig
 
     config = GenerateConfig(steps=steps, init=init, init_candidates=init_candidates, lr=lr,
@@ -162,8 +162,8 @@ def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, init
     """Judge accuracy and time of GMM vs CrossFlow starts at several refiner step counts."""
     import sys
 
-    from clipag.benchmark import run_inits
-    from clipag.crossflow import SampleConfig
+    from clipag.world.benchmark import run_inits
+    from clipag.flow.crossflow import SampleConfig
     from clipag.generate import GenerateConfig, check_init
 
     names = [i.strip() for i in inits.split(",") if i.strip()]

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clipag.attacks import ThreatModel
+from clipag.train.attacks import ThreatModel
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
-from clipag.robustify import TrainConfig, robustify
+from clipag.train.robustify import TrainConfig, robustify
 
 from .common import Command, Number, console, model_options
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from clipag import world as world_lib
+from clipag.world import scenes as world_lib
 
 from .common import Command
 

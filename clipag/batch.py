@@ -12,7 +12,7 @@ import torch
 
 from .augment import ViewConfig
 from .errors import ClipagError
-from .crossflow import FlowInit
+from .flow.crossflow import FlowInit
 from .generate import (GenerateConfig, Result, StepInfo, encode_targets, init_source,
                        initial_images, optimise)
 from .models import Guide

@@ -17,7 +17,7 @@ import kornia
 import torch
 
 from .augment import ViewConfig, Views
-from .crossflow import FlowInit, SampleConfig, load_flow_init
+from .flow.crossflow import FlowInit, SampleConfig, load_flow_init
 from .device import autocast
 from .errors import ClipagError
 from .init import DEFAULT_GMM, GaussianMixture, best_of, from_image, noise, upsample

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .data import IMAGE_EXTS, decode_image
+from .images import IMAGE_EXTS, decode_image
 from .errors import ClipagError
 from .fileio import write_atomic
 

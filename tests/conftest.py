@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipag import world
+from clipag.world import scenes as world
 from clipag.checkpoint import save_checkpoint
 from clipag.models import _guide, build_model
 

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli.main import cli
+from clipag.cli.main import cli
 from clipag.output import read_png_meta
 
 FAST = ["--steps", "3", "--views", "2", "--patch-views", "2", "--init", "noise", "-q"]

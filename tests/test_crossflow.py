@@ -3,9 +3,9 @@ import dataclasses
 import pytest
 import torch
 
-from clipag.crossflow import (CrossFlow, FlowConfig, LossWeights, SampleConfig, flow_loss,
+from clipag.flow.crossflow import (CrossFlow, FlowConfig, LossWeights, SampleConfig, flow_loss,
                               kl_to_standard_normal, load_flow, sample, save_flow)
-from clipag.crossflow_train import FlowTrainConfig, train_flow
+from clipag.flow.train import FlowTrainConfig, train_flow
 from clipag.errors import ClipagError
 from clipag.models import ModelSpec
 
@@ -144,7 +144,7 @@ def test_train_writes_a_checkpoint_and_resumes_exactly(tmp_path, world_captions,
 
 
 def _flow_for(guide, tmp_path, probe=None, name="flow.safetensors"):
-    from clipag.crossflow import text_probe
+    from clipag.flow.crossflow import text_probe
 
     with torch.no_grad():
         dim = guide.encode_texts(["x"]).shape[-1]
@@ -156,7 +156,7 @@ def _flow_for(guide, tmp_path, probe=None, name="flow.safetensors"):
 
 
 def test_crossflow_init_plugs_into_generate(tmp_path, tiny_guide, tiny_checkpoint):
-    from clipag.crossflow import FlowInit
+    from clipag.flow.crossflow import FlowInit
     from clipag.generate import GenerateConfig, encode_targets, init_source, initial_images
     from clipag.init import upsample
     from clipag.prompts import parse_prompt
@@ -176,7 +176,7 @@ def test_crossflow_init_plugs_into_generate(tmp_path, tiny_guide, tiny_checkpoin
 
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from clipag.cli.main import cli
     out = tmp_path / "out.png"
     result = CliRunner().invoke(cli, ["generate", "a red circle", "-c", str(tiny_checkpoint),
                                       "--init", f"crossflow:{path}", "--steps", "2", "--views",
@@ -188,7 +188,7 @@ def test_crossflow_init_plugs_into_generate(tmp_path, tiny_guide, tiny_checkpoin
 
 
 def test_crossflow_init_refuses_a_flow_from_another_text_tower(tmp_path, tiny_guide, tiny_checkpoint):
-    from clipag.crossflow import load_flow, text_guide_for
+    from clipag.flow.crossflow import load_flow, text_guide_for
 
     path = _flow_for(tiny_guide, tmp_path, probe=[9.0] * 8)
     _, meta = load_flow(path, torch.device("cpu"))
@@ -203,7 +203,7 @@ def test_crossflow_commands_train_then_sample(tmp_path, world_captions, tiny_che
     from click.testing import CliRunner
     from PIL import Image
 
-    from cli.main import cli
+    from clipag.cli.main import cli
     from clipag.output import PNG_KEY
 
     runner = CliRunner()

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 import torch
 
-from clipag.data import BatchStream, in_holdout, load_all, open_dataset, split
+from clipag.train.data import BatchStream, in_holdout, load_all, open_dataset, split
 from clipag.errors import ClipagError
 
 
@@ -97,7 +97,7 @@ def test_bad_datasets(tmp_path):
 
 
 def test_groups_stay_whole_in_batches_and_ranks(tmp_path):
-    from clipag import world
+    from clipag.world import scenes as world
     root = world.export(tmp_path / "sib", 48, world.WorldConfig(seed=2, size=16, siblings=4,
                                                                         digit_fraction=0.0))
     ds = open_dataset(root)

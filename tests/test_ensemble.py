@@ -4,9 +4,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import cli
+from clipag.cli.main import cli
 from clipag.augment import ViewConfig
-from clipag.benchmark import run
+from clipag.world.benchmark import run
 from clipag.ensemble import ensemble, load_mix, parse_mix
 from clipag.errors import ClipagError
 from clipag.generate import GenerateConfig

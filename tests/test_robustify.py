@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from clipag.attacks import CosineLogits, ThreatModel, attack_logits, pgd
+from clipag.train.attacks import CosineLogits, ThreatModel, attack_logits, pgd
 from clipag.checkpoint import read_meta
-from clipag.data import BatchStream, open_dataset
+from clipag.train.data import BatchStream, open_dataset
 from clipag.errors import ClipagError
-from clipag.evaluate import zero_shot
+from clipag.train.evaluate import zero_shot
 from clipag.models import ModelSpec, load_guide
-from clipag.robustify import Objective, TrainConfig, add_noise, robustify
-from clipag.training import lr_factor
+from clipag.train.robustify import Objective, TrainConfig, add_noise, robustify
+from clipag.train.common import lr_factor
 
 CPU = torch.device("cpu")
 TINY = ModelSpec(model="clipag-tiny", pretrained="none")
@@ -179,7 +179,7 @@ def test_ddp_two_processes_match_one(tmp_path, world_captions):
     assert two.returncode == 0, two.stderr[-2000:]
     # Compare what the models compute: parameters whose true gradient is zero (attention key
     # biases) get float-noise gradients that Adam turns into +-lr steps, differently per run.
-    from clipag.data import load_all
+    from clipag.train.data import load_all
 
     images, captions, _, _ = load_all(open_dataset(world_captions), 32)
     one_p, two_p, start = (load_guide(s, CPU) for s in (
@@ -260,8 +260,8 @@ def test_noise_is_validated_and_recorded(tmp_path, world_captions):
 
 
 def _siblings(n=8, size=32):
-    from clipag.data import image_to_tensor
-    from clipag.world import WorldConfig, sample
+    from clipag.images import image_to_tensor
+    from clipag.world.scenes import WorldConfig, sample
     config = WorldConfig(seed=4, size=size, digit_fraction=0.0, siblings=4)
     items = [sample(i, config) for i in range(n)]
     images = torch.stack([image_to_tensor(image, size) for image, _, _ in items])
@@ -269,7 +269,7 @@ def _siblings(n=8, size=32):
 
 
 def test_sibling_alignment_is_the_cosine_of_gradient_and_step(tiny_guide):
-    from clipag.robustify import sibling_alignment
+    from clipag.train.robustify import sibling_alignment
     images, captions = _siblings()
     model = tiny_guide.model.eval()
 
@@ -289,7 +289,7 @@ def test_sibling_alignment_is_the_cosine_of_gradient_and_step(tiny_guide):
 
 
 def test_pag_weight_training_aligns_the_gradients(tiny_guide):
-    from clipag.robustify import sibling_alignment
+    from clipag.train.robustify import sibling_alignment
     images, captions = _siblings()
     config = TrainConfig(data="d", out="o", threat=ThreatModel("l2", 0.0, 0), group=4,
                          pag_weight=1.0)

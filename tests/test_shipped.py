@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import cli
+from clipag.cli.main import cli
 from clipag.augment import ViewConfig
-from clipag import world
-from clipag.benchmark import run, suite
+from clipag.world import scenes as world
+from clipag.world.benchmark import run, suite
 from clipag.checkpoint import read_meta
 from clipag.generate import GenerateConfig
 from clipag.init import DEFAULT_GMM, GaussianMixture
@@ -27,7 +27,7 @@ def test_embedded_models_load_and_know_the_world(preset):
     meta = read_meta(path)
     assert meta["arch"] == preset.arch and meta["data_fingerprint"]
     guide = load_guide(ModelSpec(model=preset.name), CPU)
-    from clipag import world
+    from clipag.world import scenes as world
 
     images, captions = [], []
     for i in range(16):
@@ -91,8 +91,8 @@ def test_benchmark_judge_may_be_a_checkpoint_file(tmp_path):
 
 def test_embedded_crossflow_drafts_show_their_prompt():
     """The shipped world CrossFlow alone: its drafts' background colour follows the prompt."""
-    from clipag.crossflow import DEFAULT_FLOW, FlowInit, SampleConfig, load_flow, text_guide_for
-    from clipag.judge import judge
+    from clipag.flow.crossflow import DEFAULT_FLOW, FlowInit, SampleConfig, load_flow, text_guide_for
+    from clipag.world.judge import judge
     from clipag.prompts import parse_prompt
 
     assert DEFAULT_FLOW.stat().st_size < 8 * 2**20
@@ -105,7 +105,7 @@ def test_embedded_crossflow_drafts_show_their_prompt():
 
 
 def test_init_benchmark_smoke(tmp_path):
-    from clipag.benchmark import run_inits
+    from clipag.world.benchmark import run_inits
 
     config = GenerateConfig(init_candidates=4, views=ViewConfig(global_views=2, patch_views=2),
                             scales=(16,))
@@ -140,10 +140,10 @@ def test_default_model_brings_its_recommended_settings_unless_overridden(tmp_pat
 
 
 def test_benchmark_size_optimises_smaller_images_and_judges_them_at_64px(tmp_path):
-    from clipag.benchmark import make_images, score_images
-    from clipag.data import image_to_tensor
+    from clipag.world.benchmark import make_images, score_images
+    from clipag.images import image_to_tensor
     from clipag.models import spec_for
-    from clipag.world import WorldConfig, full_caption, sample
+    from clipag.world.scenes import WorldConfig, full_caption, sample
 
     robust = load_guide(spec_for("world-robust"), CPU, quiet=True)
     config = GenerateConfig(size=32, steps=2, init_candidates=4,

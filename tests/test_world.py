@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from clipag import world
+from clipag.world import scenes as world
 from clipag.errors import ClipagError
 
 
@@ -57,7 +57,7 @@ def test_judge_is_right_on_ground_truth():
     """The analytic judge must read true world images right >= 95% of the time."""
     from collections import defaultdict
 
-    from clipag.judge import judge
+    from clipag.world.judge import judge
 
     hits, totals = defaultdict(int), defaultdict(int)
     config = world.WorldConfig(seed=11, size=64, digit_fraction=0.0)
@@ -76,7 +76,7 @@ def test_judge_is_right_on_ground_truth():
 
 
 def test_judge_rejects_wrong_attributes():
-    from clipag.judge import judge
+    from clipag.world.judge import judge
 
     image, _, scene = world.sample(3, world.WorldConfig(seed=2, digit_fraction=0.0))
     wrong_color = next(c for c in world.COLORS if c not in (scene.color, scene.background))
@@ -157,7 +157,7 @@ def test_class_by_is_validated(tmp_path, by):
 
 
 def test_confusion_counts_what_the_judge_read_per_prompted_value():
-    from clipag.benchmark import confusion
+    from clipag.world.benchmark import confusion
     prompts = ["a red circle", "two blue circles", "a green triangle on a white background",
                "a pink background"]
     reads = [{"shape": "square"}, {"shape": "circle"}, {"shape": "square"}, {"shape": "circle"}]

@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .attacks import CosineLogits, ThreatModel, attack_logits, pgd
-from .checkpoint import save_checkpoint
+from ..checkpoint import save_checkpoint
 from .data import BatchStream, Dataset, open_dataset, split
-from .device import autocast
-from .errors import ClipagError
-from .models import Guide, ModelSpec, load_guide
-from .training import (average_gradients, barrier, finished, gather, init_distributed,
+from ..device import autocast
+from ..errors import ClipagError
+from ..models import Guide, ModelSpec, load_guide
+from .common import (average_gradients, barrier, finished, gather, init_distributed,
                        load_state, lr_factor, restore, save_state, state_path, world_info)
 
 OBJECTIVES = ("contrastive", "tecoa", "fare")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .world import COLORS, parse_prompt
+from .scenes import COLORS, parse_prompt
 
 _NAMES = list(COLORS)
 _PALETTE = np.array([COLORS[n] for n in _NAMES], dtype=np.float32)

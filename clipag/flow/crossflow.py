@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import check_compatible, load_state_dict, read_meta, save_checkpoint
-from .errors import ClipagError
-from .models import Guide, ModelSpec, load_guide
-from .prompts import WeightedPrompt
+from ..checkpoint import check_compatible, load_state_dict, read_meta, save_checkpoint
+from ..errors import ClipagError
+from ..models import Guide, ModelSpec, load_guide
+from ..prompts import WeightedPrompt
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def load_flow(path, device: torch.device) -> tuple[CrossFlow, dict]:
     return model.to(device).eval(), meta
 
 
-DEFAULT_FLOW = Path(__file__).parent / "assets" / "world-crossflow.safetensors"
+DEFAULT_FLOW = Path(__file__).parent.parent / "assets" / "world-crossflow.safetensors"
 
 
 def text_guide_for(meta: dict, device: torch.device, guide: Guide | None = None,

@@ -5,7 +5,7 @@ that sibling (every sibling offset, no noise). 0 = unrelated, 1 = following the 
 "a triangle" turns the circle into the triangle. The training term of `robustify
 --pag-weight` is 1 minus this cosine.
 
-    python examples/probe_alignment.py world-vanilla world-robust work/x.safetensors
+    python research/probe_alignment.py world-vanilla world-robust work/x.safetensors
 
 Names are read as in probe_zero_shot.py (presets, files, `.state.pt` resume files).
 """
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipag.data import image_to_tensor
-from clipag.robustify import sibling_alignment
-from clipag.world import WorldConfig, sample
+from clipag.images import image_to_tensor
+from clipag.train.robustify import sibling_alignment
+from clipag.world.scenes import WorldConfig, sample
 from probe_zero_shot import load
 
 GROUP = 4

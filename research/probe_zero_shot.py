@@ -6,8 +6,8 @@ one with the foreground and background colours swapped (chance 0.5), which a mod
 counts colours cannot do. It also prints the median L2 distance between renders that differ
 only in shape.
 
-    python examples/probe_zero_shot.py world-vanilla world-robust work/world/x.safetensors
-    OBJECT_SCALE=1.6 python examples/probe_zero_shot.py ...   # scenes of `world export --object-scale`
+    python research/probe_zero_shot.py world-vanilla world-robust work/world/x.safetensors
+    OBJECT_SCALE=1.6 python research/probe_zero_shot.py ...   # scenes of `world export --object-scale`
 
 A name ending in .state.pt is a robustify resume file (weights mid-training), world-vit
 unless prefixed with its architecture: world-rn:work/x.safetensors.state.pt.
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from clipag.models import ModelSpec, load_guide
-from clipag.world import COLORS, SHAPES, render, sample_scene
+from clipag.world.scenes import COLORS, SHAPES, render, sample_scene
 
 
 def load(name: str):

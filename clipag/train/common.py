@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .errors import ClipagError
-from .fileio import atomic_path
+from ..errors import ClipagError
+from ..fileio import atomic_path
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

@@ -22,7 +22,7 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
-from .errors import ClipagError
+from ..errors import ClipagError
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (30, 160, 50), "blue": (40, 70, 220),

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torchattacks
 
-from .errors import ClipagError
+from ..errors import ClipagError
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import torch
 
-from .ensemble import load_named
-from .fileio import write_text_atomic
-from .generate import (GenerateConfig, encode_targets, init_source, initial_images, optimise,
+from ..ensemble import load_named
+from ..fileio import write_text_atomic
+from ..generate import (GenerateConfig, encode_targets, init_source, initial_images, optimise,
                        similarity)
-from .init import upsample
+from ..init import upsample
 from .judge import judge, read_image
-from .models import Guide, load_guide, spec_for
-from .output import save_grid
-from .prompts import parse_prompt
-from .world import WorldConfig, full_caption, sample
-from .world import parse_prompt as prompt_attributes
+from ..models import Guide, load_guide, spec_for
+from ..output import save_grid
+from ..prompts import parse_prompt
+from .scenes import WorldConfig, full_caption, sample
+from .scenes import parse_prompt as prompt_attributes
 
 ATTRIBUTES = ("color", "background", "shape", "count")
 JUDGE_SIDE = 64  # the world's image side, where the analytic judge was validated

@@ -3,7 +3,7 @@ world images (each image against the 128 captions, top-1), clean and under torch
 L2 PGD (10 steps) at several radii, with the model in eval mode throughout (BatchNorm on its
 running statistics, as when generating).
 
-    python examples/probe_robustness.py world-vanilla world-robust work/world/x.safetensors
+    python research/probe_robustness.py world-vanilla world-robust work/world/x.safetensors
 
 Measured 2026-11-23: world-robust 0.41 clean, 0.37 at eps 1; a ResNet guide trained at eps 1
 (README rows 28 and the BatchNorm note) 0.73 clean, 0.22 at eps 1: not robust.
@@ -13,10 +13,10 @@ import sys
 
 import torch
 
-from clipag.attacks import CosineLogits, ThreatModel, attack_logits
-from clipag.data import image_to_tensor
+from clipag.train.attacks import CosineLogits, ThreatModel, attack_logits
+from clipag.images import image_to_tensor
 from clipag.ensemble import load_named
-from clipag.world import WorldConfig, sample
+from clipag.world.scenes import WorldConfig, sample
 
 RADII = (0.0, 0.5, 1.0, 2.0)
 

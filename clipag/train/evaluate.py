@@ -8,8 +8,8 @@ import torch
 
 from .attacks import CosineLogits, ThreatModel, attack_logits
 from .data import Dataset, load_all
-from .errors import ClipagError
-from .models import Guide
+from ..errors import ClipagError
+from ..models import Guide
 
 
 @dataclass

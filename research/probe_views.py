@@ -10,7 +10,7 @@ single-object bench prompts (a small object):
 - gradient noise: the cosine between the pixel gradients of two independent draws of the
   views, at 32 and 128 views (1 = the views do not matter, 0 = pure noise).
 
-    python examples/probe_views.py world-robust world-judge work/world2/world-robust.safetensors
+    python research/probe_views.py world-robust world-judge work/world2/world-robust.safetensors
 """
 
 import argparse
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from clipag.augment import ViewConfig, Views
-from clipag.benchmark import spec_for, suite
+from clipag.world.benchmark import spec_for, suite
 from clipag.generate import encode_targets, weighted_distance
 from clipag.models import load_guide
 from clipag.prompts import parse_prompt as parse_weighted
-from clipag.world import COLORS, SIZE_FRACTION, Scene, parse_prompt, render
+from clipag.world.scenes import COLORS, SIZE_FRACTION, Scene, parse_prompt, render
 
 PLACES = {"centre": (0.5, 0.5), "corner": (0.16, 0.16), "no object": None}
 

@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 
 from .crossflow import CrossFlow, FlowConfig, LossWeights, flow_loss, save_flow, text_probe
-from .data import BatchStream, open_dataset
-from .errors import ClipagError
-from .models import Guide, ModelSpec, load_guide
-from .training import (average_gradients, barrier, finished, init_distributed, load_state,
+from ..train.data import BatchStream, open_dataset
+from ..errors import ClipagError
+from ..models import Guide, ModelSpec, load_guide
+from ..train.common import (average_gradients, barrier, finished, init_distributed, load_state,
                        lr_factor, restore, save_state, state_path)
 
 
