@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import sys
-from fractions import Fraction
 
 import click
 from rich.console import Console
 
 from clipag.errors import ClipagError
 from clipag.models import ModelSpec
+
+from .params import Sides
 
 console = Console(stderr=True)
 
@@ -42,37 +43,6 @@ def torch_oom():
 class Group(click.Group):
     command_class = Command
     group_class = type
-
-
-def number(text: str) -> float:
-    """A float that may be written as a fraction: `4/255`."""
-    try:
-        return float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise click.BadParameter(f"{text!r} is not a number") from None
-
-
-class Number(click.ParamType):
-    name = "number"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
-        return number(value)
-
-
-class Sides(click.ParamType):
-    """Comma-separated image sides: `16,32`; empty for none."""
-
-    name = "sides"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            return tuple(int(v) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of sides like 16,32", param, ctx)
 
 
 def model_options(default_hint: str = "world-robust", mix: bool = False):

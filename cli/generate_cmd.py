@@ -19,7 +19,8 @@ from clipag.generate import GenerateConfig
 from clipag.models import DEFAULT_PRESET, PRESETS
 from clipag.prompts import Job, parse_prompt, read_prompts_file
 
-from .common import Command, Sides, console, model_options
+from .common import Command, console, model_options
+from .params import Sides
 
 D = GenerateConfig()
 V = ViewConfig()

@@ -19,7 +19,8 @@ from clipag.fileio import write_text_atomic
 from clipag.init import fit, images_for_fit
 from clipag.models import PRESETS, cache_dir, load_guide, preset_status
 
-from .common import Command, Number, Sides, bench_view_options, model_options
+from .common import Command, bench_view_options, model_options
+from .params import IntList, Real
 
 out = Console()
 
@@ -68,9 +69,9 @@ def init_fit(folder, output, resolution, components, rank, crops_per_image, seed
 @click.argument("data")
 @model_options()
 @click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
-@click.option("--eps", type=Number(), default=1.0, show_default=True, help="0 = clean only")
+@click.option("--eps", type=Real(), default=1.0, show_default=True, help="0 = clean only")
 @click.option("--attack-steps", type=int, default=10, show_default=True)
-@click.option("--attack-step-size", type=Number(), default=None)
+@click.option("--attack-step-size", type=Real(), default=None)
 @click.option("--template", default="a photo of a {}", show_default=True)
 @click.option("--holdout", type=float, default=0.0, show_default=True,
               help="evaluate only the held-out split of this fraction")
@@ -145,7 +146,7 @@ def bench_pag(guides, judge_model, prompts, steps, settings, lr, threshold, init
               help="held-out CLIP judge (never a guide): a model name or checkpoint file")
 @click.option("--inits", default="gmm,crossflow", show_default=True,
               help="comma-separated inits: gmm, crossflow, crossflow:FILE, a mixture file")
-@click.option("--refiner-steps", type=Sides(), default="0,25,50,100", show_default=True,
+@click.option("--refiner-steps", type=IntList(0, 100_000), default="0,25,50,100", show_default=True,
               help="comma-separated refiner step counts (0 = the start image alone)")
 @click.option("--prompts", type=int, default=16, show_default=True)
 @bench_view_options

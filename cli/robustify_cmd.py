@@ -12,7 +12,8 @@ from clipag.device import resolve_device
 from clipag.errors import ClipagError
 from clipag.train.robustify import TrainConfig, robustify
 
-from .common import Command, Number, console, model_options
+from .common import Command, console, model_options
+from .params import Real
 
 
 @click.command(cls=Command)
@@ -23,10 +24,10 @@ from .common import Command, Number, console, model_options
 @click.option("--objective", type=click.Choice(["contrastive", "tecoa", "fare"]),
               default="contrastive", show_default=True)
 @click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
-@click.option("--eps", type=Number(), default=1.0, show_default=True,
+@click.option("--eps", type=Real(), default=1.0, show_default=True,
               help="attack radius in [0,1] pixel units (fractions like 4/255 work); 0 = plain training")
 @click.option("--attack-steps", type=int, default=3, show_default=True)
-@click.option("--attack-step-size", type=Number(), default=None, help="[default: 2.5*eps/steps]")
+@click.option("--attack-step-size", type=Real(), default=None, help="[default: 2.5*eps/steps]")
 @click.option("--no-random-start", is_flag=True, help="start PGD at the clean image")
 @click.option("--pag-weight", type=float, default=0.0, show_default=True,
               help="add W times a gradient-alignment term: the image gradient of the score for "
@@ -35,7 +36,7 @@ from .common import Command, Number, console, model_options
 @click.option("--clean-weight", type=float, default=0.0, show_default=True,
               help="add this times the loss on the clean images (TRADES-style; keeps what the "
                    "model knows on clean data)")
-@click.option("--noise", type=Number(), default=0.0, show_default=True,
+@click.option("--noise", type=Real(), default=0.0, show_default=True,
               help="std of Gaussian pixel noise added to every training image (with --eps 0: "
                    "noise training, as randomized smoothing does; generate with --noise alike)")
 @click.option("--train-text", is_flag=True, help="also train the text tower and temperature")
