@@ -9,7 +9,8 @@ from clipag import __version__
 from .common import Group
 from .crossflow_cmd import crossflow
 from .generate_cmd import generate_cmd
-from .misc_cmd import bench, eval_cmd, init, models_cmd
+from .misc_cmd import bench, eval_cmd, init
+from .models_cmd import models_cmd
 from .robustify_cmd import robustify_cmd
 from .world_cmd import world
 

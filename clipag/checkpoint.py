@@ -59,6 +59,33 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
         raise ClipagError(f"{path}: clipag metadata is not valid JSON ({exc})") from None
 
 
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # what torch.save's pre-1.6 format starts with
+
+
+def sniff(path: Path) -> str:
+    """'safetensors', 'zip' (torch.save's archive, TorchScript too) or 'pickle' (legacy
+    torch.save); a one-line error for anything else, e.g. a truncated download."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if len(head) >= 8 and read_meta(path) is not None:
+        return "safetensors"
+    if zipfile.is_zipfile(path):
+        return "zip"
+    if head[:2] == b"PK":
+        raise ClipagError(f"{path} is a truncated or corrupt archive (no central directory: an "
+                          "interrupted download?); fetch it again")
+    if head[:1] == b"\x80" and len(head) >= 2 and head[1] in (2, 3, 4, 5):
+        return "pickle"
+    if path.suffix == ".safetensors" or _looks_like_safetensors(head):
+        return "safetensors"
+    raise ClipagError(f"{path} is not a checkpoint clipag can read (neither safetensors nor a "
+                      "torch.save file): corrupt, truncated or another format")
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    return len(head) > 9 and head[8:9] == b"{"
+
+
 def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
@@ -68,12 +95,97 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
-def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+def numpy_globals() -> list:
+    """Exactly the numpy globals that pickled numpy scalars need (a scalar's reconstructor
+    and its dtype), under numpy 2.x names and the numpy 1.x name
+    (``numpy.core.multiarray.scalar``) that files written with numpy 1.x carry. Nothing else:
+    these rebuild plain numbers and run no user code."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import scalar
+    dtypes = [t for t in vars(getattr(np, "dtypes", object)).values()
+              if isinstance(t, type) and issubclass(t, np.dtype)]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"),
+            (scalar, "numpy._core.multiarray.scalar"), np.dtype, *dtypes]
+
+
+def _unsafe_global(message: str) -> str | None:
+    """The global a refused pickle asked for, from torch's weights-only error text."""
+    marker = "Unsupported global: GLOBAL "
+    if marker not in message:
+        return None
+    return message.split(marker, 1)[1].split()[0]
+
+
+def read_object(path: str | os.PathLike, trust: bool = False) -> Any:
+    """What a checkpoint file holds (a dict of tensors and plain values), read without running
+    code: safetensors, or torch.load(weights_only=True) with the numpy scalar globals allowed.
+    A pickle that needs anything else is refused unless `trust`; TorchScript needs `trust`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipagError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ClipagError(f"checkpoint is empty: {path}")
+    kind = sniff(path)
+    if kind == "safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ClipagError(f"corrupt safetensors checkpoint {path}: {exc}") from None
+    if kind == "zip" and _is_torchscript(path):
+        if not trust:
+            raise ClipagError(f"{path} is a TorchScript archive, which runs code when loaded; "
+                              "pass --trust-checkpoint if you trust its source")
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - torch.jit raises many types
+            raise ClipagError(f"corrupt TorchScript archive {path}: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
+        state = dict(module.state_dict())
+        for key in ("input_resolution", "context_length", "vocab_size"):
+            state.pop(key, None)
+        return {"__torchscript__": True, "state_dict": state}
+    try:
+        with torch.serialization.safe_globals(numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad or unsafe pickles
+        text = " ".join(str(exc).split())
+        wanted = _unsafe_global(str(exc))
+        if wanted is None:
+            raise ClipagError(f"corrupt or truncated checkpoint {path}: "
+                              f"{text[:300] or type(exc).__name__}") from None
+        if not trust:
+            raise ClipagError(f"{path} pickles {wanted}, which runs code when loaded (more than "
+                              "tensors and plain values); pass --trust-checkpoint if you trust "
+                              "its source") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - an arbitrary pickle can raise anything
+        raise ClipagError(f"could not load {path} even with --trust-checkpoint: "
+                          f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+
+
+# Containers the published checkpoints wrap their weights in: open_clip training checkpoints
+# (CLIPAG's) use "state_dict"; RobustVLM's CLIP_benchmark loader reads
+# "vision_encoder_state_dict"; others save the bare dict.
+CONTAINER_KEYS = ("state_dict", "vision_encoder_state_dict", "model")
+
+
+def unwrap(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint object: the state dict out of its container, with a
+    DataParallel/DDP ``module.`` prefix removed."""
+    if isinstance(obj, dict):
+        for key in CONTAINER_KEYS:
+            if isinstance(obj.get(key), dict) and any(
+                    isinstance(v, torch.Tensor) for v in obj[key].values()):
+                obj = obj[key]
+                break
     if not isinstance(obj, dict) or not obj:
         raise ClipagError(f"{path}: not a state dict (found {type(obj).__name__})")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         raise ClipagError(f"{path}: holds no tensors")
     if all(k.startswith("module.") for k in tensors):
@@ -83,38 +195,11 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def load_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
     """Read a state dict from any supported file without running code unless `trust`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClipagError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise ClipagError(f"checkpoint is empty: {path}")
-    if path.suffix == ".safetensors" or read_meta(path) is not None:
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ClipagError(f"corrupt safetensors checkpoint {path}: {exc}") from None
-    if _is_torchscript(path):
-        if not trust:
-            raise ClipagError(f"{path} is a TorchScript archive, which runs code when loaded; "
-                              "pass --trust-checkpoint if you trust its source")
-        module = torch.jit.load(str(path), map_location="cpu")
-        state = module.state_dict()
-        for key in ("input_resolution", "context_length", "vocab_size"):
-            state.pop(key, None)
-        return _unwrap(dict(state), path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for bad or unsafe pickles
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        unsafe = "weights_only" in str(exc) or "Unsupported global" in str(exc)
-        if unsafe and trust:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        elif unsafe:
-            raise ClipagError(f"{path} needs code execution to load (pickled objects beyond "
-                              "tensors); pass --trust-checkpoint if you trust its source") from None
-        else:
-            raise ClipagError(f"corrupt or unreadable checkpoint {path}: {message}") from None
-    return _unwrap(obj, path)
+    return unwrap(read_object(path, trust=trust), path)
+
+
+def is_torchscript_object(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("__torchscript__") is True
 
 
 def check_compatible(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

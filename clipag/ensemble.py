@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from .errors import ClipagError
-from .models import Guide, ModelSpec, load_guide, spec_for
+from .models import Guide
 
 
 def is_mix(text: str) -> bool:
-    return "+" in text
+    """A mix is written with `+` (members) or `*` (a weight): `A*3+B`, or `A*2` alone, which
+    is refused with a clear reason rather than read as a model name."""
+    return ("+" in text or "*" in text) and not Path(text).exists()
 
 
 def parse_mix(text: str) -> list[tuple[str, float]]:
@@ -39,7 +42,8 @@ def parse_mix(text: str) -> list[tuple[str, float]]:
             raise ClipagError(f"guide mix {text!r}: weight of {name} must be > 0")
         members.append((name, value))
     if len(members) < 2:
-        raise ClipagError(f"guide mix {text!r}: needs at least two members")
+        raise ClipagError(f"guide mix {text!r}: needs at least two members (A*3+B); for one "
+                          "model give its name alone")
     return members
 
 
@@ -87,18 +91,11 @@ def load_mix(text: str, load: Callable[[str], Guide]) -> Guide:
     return ensemble([load(name) for name, _ in members], [w for _, w in members], name=text)
 
 
-def load_named(text: str, device: torch.device, quiet: bool = False) -> Guide:
-    """A preset or model name, a checkpoint file, or a mix of those (``A*3+B``)."""
-    return load_spec(spec_for(text), device, quiet=quiet)
+def __getattr__(name: str):  # transitional: these moved to clipag.load
+    if name in ("load_named", "load_spec"):
+        from . import load
 
-
-def load_spec(spec: ModelSpec, device: torch.device, quiet: bool = False) -> Guide:
-    """`load_guide`, except that ``--model A*3+B`` loads a mix (whose members name their own
-    weights, so --pretrained/--checkpoint do not apply to it)."""
-    if spec.model is None or not is_mix(spec.model):
-        return load_guide(spec, device, quiet=quiet)
-    if spec.pretrained or spec.checkpoint:
-        raise ClipagError("a guide mix (--model A*3+B) names its members itself; drop "
-                          "--pretrained/--checkpoint")
-    return load_mix(spec.model, lambda name: load_guide(spec_for(name, spec.trust), device,
-                                                         quiet=quiet))
+        if name == "load_spec":
+            return load.load_spec
+        return lambda text, device, quiet=False: load.load_spec(load.spec_for(text), device, quiet)
+    raise AttributeError(name)
