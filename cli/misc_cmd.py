@@ -17,25 +17,12 @@ from clipag.errors import ClipagError
 from clipag.train.evaluate import zero_shot
 from clipag.fileio import write_text_atomic
 from clipag.init import fit, images_for_fit
-from clipag.models import PRESETS, cache_dir, load_guide, preset_status
+from clipag.models import load_guide
 
 from .common import Command, bench_view_options, model_options
 from .params import IntList, Real
 
 out = Console()
-
-
-@click.command(cls=Command)
-def models_cmd():
-    """List model presets, where each comes from, and what is available locally."""
-    table = Table(title=f"clipag model presets (cache: {cache_dir()})")
-    for column in ("name", "arch", "robust", "status", "size", "source", "about"):
-        table.add_column(column, overflow="fold")
-    for preset in PRESETS.values():
-        status, size = preset_status(preset)
-        table.add_row(preset.name, preset.arch, "yes" if preset.robust else "no", status,
-                      f"{size / 2**20:.1f} MB" if size else "-", preset.source, preset.about)
-    out.print(table)
 
 
 @click.group()
