@@ -1,28 +1,40 @@
 """The CLIPAG generator: optimise pixels so that many augmented views of the image match the
 prompt under a (robust) CLIP.
 
-All views of all images in a batch go through the model as one batch; text embeddings are
-computed once; the step loop makes no host-device sync except when logging or saving frames.
+`generate` is the one entry point: prompts in, best images, frames and JSON-ready records out.
+All views of all images in a batch are drawn at once and go through the model as one batch
+(or `view_batch` at a time, with the same gradient); text embeddings are computed once; the
+step loop makes no host-device sync except when logging or saving frames.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from dataclasses import dataclass, field
-from typing import Callable
-
-from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import kornia
 import torch
 
 from .augment import ViewConfig, Views
-from .flow.crossflow import FlowInit, SampleConfig, load_flow_init
-from .device import autocast
 from .errors import ClipagError
-from .init import DEFAULT_GMM, GaussianMixture, best_of, from_image, noise, upsample
+from .init import (InitSource, check_init, init_name, init_source, initial_images,
+                   SampleConfig, upsample)
 from .models import Guide
-from .prompts import WeightedPrompt
+from .prompts import WeightedPrompt, parse_prompt, with_negatives
+from .targets import Targets, encode_targets, similarity, weighted_distance
+
+__all__ = ["GenerateConfig", "Generation", "StepInfo", "Result", "generate", "prepare",
+           "optimise", "with_recommended", "with_setting", "encode_targets", "similarity",
+           "weighted_distance", "Targets", "check_init", "init_source", "initial_images",
+           "InitSource"]
+
+# the flag that sets a setting, where it is not `--` + the name with dashes
+FLAGS = {"tv_weight": "--tv", "global_views": "--views", "flow.steps": "--flow-steps",
+         "flow.guidance": "--flow-guidance", "flow.temperature": "--flow-temperature",
+         "flow.method": "--flow-method"}
 
 
 @dataclass(frozen=True)
@@ -30,7 +42,7 @@ class GenerateConfig:
     size: int | None = None  # output side; default: the model's input size
     steps: int = 100
     lr: float = 0.0175
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay on the pixels (0 = off)
     grad_clip: float = 0.001  # per-image gradient-norm clip (0 = off)
     global_weight: float = 1.0
     patch_weight: float = 5.0
@@ -45,6 +57,7 @@ class GenerateConfig:
     save_every: int = 0
     log_every: int = 10
     amp: bool = True
+    view_batch: int = 0  # views per model pass (0 = all views of a step in one pass)
 
     def validate(self, guide: Guide) -> int:
         """Check the settings against the model; return the output side."""
@@ -63,84 +76,92 @@ class GenerateConfig:
         return size
 
     def check(self) -> None:
-        """The checks that need no model: run them before loading one."""
+        """The checks that need no model: run them before loading one. Every number must be
+        finite and in range, whether it came from a flag, a JSONL line or the API."""
         if self.size is not None:
+            _whole("size", self.size, 0)
             check_size(self.size)
-        if self.steps < 1:
-            raise ClipagError("--steps must be >= 1")
-        if self.lr <= 0:
-            raise ClipagError("--lr must be > 0")
-        if self.views.global_views + self.views.patch_views < 1:
-            raise ClipagError("at least one view is needed (--views or --patch-views)")
-        if self.tv_weight < 0:
-            raise ClipagError(f"--tv must be >= 0, got {self.tv_weight}")
-        if self.views.noise < 0:
-            raise ClipagError(f"--noise must be >= 0, got {self.views.noise}")
-        if not 0 <= self.views.cutout < 1:
-            raise ClipagError(f"--cutout must be in [0, 1), got {self.views.cutout}")
-        if not 0 <= self.threshold < 1:
-            raise ClipagError("--threshold must be in [0, 1)")
-        if self.init_candidates < 1:
-            raise ClipagError("--init-candidates must be >= 1")
+        _whole("steps", self.steps, 1)
+        _real("lr", self.lr, "> 0", lambda v: v > 0)
+        for name in ("weight_decay", "grad_clip", "global_weight", "patch_weight", "tv_weight"):
+            _real(name, getattr(self, name), ">= 0", lambda v: v >= 0)
+        _real("threshold", self.threshold, "in [0, 1)", lambda v: 0 <= v < 1)
+        _check_views(self.views)
+        if not isinstance(self.init, str):
+            raise ClipagError(f"--init must be text, got {self.init!r}")
+        if self.init_image is not None and not isinstance(self.init_image, str):
+            raise ClipagError(f"--init-image must be a file name, got {self.init_image!r}")
+        _whole("init_candidates", self.init_candidates, 1)
+        if not isinstance(self.scales, (tuple, list)):
+            raise ClipagError(f"--scales must be a list of sides, got {self.scales!r}")
+        for side in self.scales:
+            _whole("scales", side, 1)
+        _whole("save_every", self.save_every, 0)
+        _whole("log_every", self.log_every, 1)
+        _whole("view_batch", self.view_batch, 0)
+        if not isinstance(self.amp, bool):
+            raise ClipagError(f"--amp must be true or false, got {self.amp!r}")
+        _whole("flow.steps", self.flow.steps, 1)
+        _real("flow.guidance", self.flow.guidance, ">= 0", lambda v: v >= 0)
+        _real("flow.temperature", self.flow.temperature, ">= 0", lambda v: v >= 0)
         check_init(self.init)
         if self.init.startswith("crossflow"):
             self.flow.validate()
 
 
+def _flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.split(".")[-1].replace("_", "-"))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _real(name: str, value: Any, rule: str, ok: Callable[[float], bool]) -> None:
+    """A finite number obeying `rule`, or a one-line error naming the flag."""
+    if not _is_number(value) or not math.isfinite(value):
+        raise ClipagError(f"{_flag(name)} must be a finite number {rule}, got {value!r}")
+    if not ok(value):
+        raise ClipagError(f"{_flag(name)} must be {rule}, got {value!r}")
+
+
+def _whole(name: str, value: Any, low: int) -> None:
+    """A whole number >= `low`."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ClipagError(f"{_flag(name)} must be a whole number >= {low}, got {value!r}")
+    if value < low:
+        raise ClipagError(f"{_flag(name)} must be >= {low}, got {value!r}")
+
+
+def _pair(name: str, value: Any, rule: str, ok: Callable[[float], bool]) -> None:
+    """(low, high), both finite, obeying `rule`, low <= high."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ClipagError(f"{_flag(name)} must be a (low, high) pair, got {value!r}")
+    for v in value:
+        _real(name, v, rule, ok)
+    if value[0] > value[1]:
+        raise ClipagError(f"{_flag(name)} must be a (low, high) pair with low <= high, "
+                          f"got {value!r}")
+
+
+def _check_views(views: ViewConfig) -> None:
+    _whole("global_views", views.global_views, 0)
+    _whole("patch_views", views.patch_views, 0)
+    if views.global_views + views.patch_views < 1:
+        raise ClipagError("at least one view is needed (--views or --patch-views)")
+    _real("patch_fraction", views.patch_fraction, "in (0, 1]", lambda v: 0 < v <= 1)
+    _real("noise", views.noise, ">= 0", lambda v: v >= 0)
+    _real("brightness", views.brightness, ">= 0", lambda v: v >= 0)
+    _pair("saturation", views.saturation, ">= 0", lambda v: v >= 0)
+    _pair("contrast", views.contrast, ">= 0", lambda v: v >= 0)
+    _real("translate", views.translate, "in [0, 1)", lambda v: 0 <= v < 1)
+    _pair("scale", views.scale, "> 0", lambda v: v > 0)
+    _real("cutout", views.cutout, "in [0, 1)", lambda v: 0 <= v < 1)
+
+
 def check_size(size: int) -> None:
     if size < 8 or size > 4096:
         raise ClipagError(f"impossible size {size}: use 8..4096 pixels")
-
-
-def check_init(init: str) -> None:
-    """A clear error for an init that names nothing usable."""
-    if init in ("gmm", "noise", "crossflow"):
-        return
-    if init.startswith("crossflow:"):
-        if not Path(init.split(":", 1)[1]).is_file():
-            raise ClipagError(f"--init {init}: CrossFlow checkpoint not found")
-        return
-    if not Path(init).is_file():
-        raise ClipagError(f"--init must be gmm, noise, crossflow[:FILE] or a mixture file; "
-                          f"{init!r} not found")
-
-
-@dataclass
-class Targets:
-    """Per image, K weighted text embeddings (padded with weight 0)."""
-
-    texts: torch.Tensor  # (B, K, D)
-    weights: torch.Tensor  # (B, K)
-
-
-def encode_targets(guide: Guide, prompts: list[list[WeightedPrompt]]) -> Targets:
-    """Encode every distinct text once, in one batch."""
-    unique = sorted({p.text for image in prompts for p in image})
-    with torch.no_grad():
-        table = guide.encode_texts(unique)
-    index = {t: i for i, t in enumerate(unique)}
-    k = max(len(image) for image in prompts)
-    texts = torch.zeros(len(prompts), k, table.shape[1], device=table.device)
-    weights = torch.zeros(len(prompts), k, device=table.device)
-    for b, image in enumerate(prompts):
-        positive = sum(p.weight for p in image if p.weight > 0)
-        for j, p in enumerate(image):
-            texts[b, j] = table[index[p.text]]
-            weights[b, j] = p.weight / positive
-    return Targets(texts, weights)
-
-
-def weighted_distance(embeddings: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """(B, V, D) unit embeddings -> (B,) sum_k w_k * mean_v (1 - cos(view_v, text_k))."""
-    cos = torch.einsum("bvd,bkd->bvk", embeddings, targets.texts)
-    return ((1 - cos).mean(dim=1) * targets.weights).sum(dim=1)
-
-
-def similarity(embeddings: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """(B, D) -> (B,) weighted cosine similarity to the positive prompts."""
-    cos = torch.einsum("bd,bkd->bk", embeddings, targets.texts)
-    positive = targets.weights.clamp_min(0)
-    return (cos * positive).sum(1) / positive.sum(1)
 
 
 def dynamic_threshold(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -151,53 +172,6 @@ def dynamic_threshold(x: torch.Tensor, p: float) -> torch.Tensor:
     y = x * 2 - 1
     s = torch.quantile(y.abs().flatten(1), p, dim=1).clamp_min(1.0).view(-1, 1, 1, 1)
     return ((y.clamp(-s, s) / s) + 1) / 2
-
-
-InitSource = GaussianMixture | FlowInit | None
-
-
-def init_source(config: GenerateConfig, guide: Guide) -> InitSource:
-    """What starting images are drawn from: a Gaussian mixture, a CrossFlow, or nothing
-    (noise or an init image)."""
-    if config.init_image or config.init == "noise":
-        return None
-    if config.init.startswith("crossflow"):
-        return load_flow_init(config.init, guide.device, guide, config.flow)
-    path = DEFAULT_GMM if config.init == "gmm" else Path(config.init)
-    if config.init == "gmm" and not path.is_file():
-        return None
-    return GaussianMixture.load(path)
-
-
-def initial_images(guide: Guide, targets: Targets, config: GenerateConfig, size: int,
-                   seeds: list[int], source: InitSource,
-                   prompts: list[list[WeightedPrompt]] | None = None) -> torch.Tensor:
-    """One starting image per seed, each drawn from its own seeded generator: a CrossFlow
-    draft of the prompt, the best of N mixture samples, noise, or the init image."""
-    out = []
-    for b, seed in enumerate(seeds):
-        g = torch.Generator().manual_seed(seed)
-        if config.init_image:
-            image = from_image(config.init_image, size)
-        elif isinstance(source, FlowInit):
-            if prompts is None:
-                raise ValueError("a CrossFlow init needs the prompts")
-            image = upsample(source.draft(prompts[b], seed)[None].cpu(), size)[0]
-        elif config.init == "noise" or source is None:
-            image = noise(size, g)
-        else:
-            candidates = source.sample(config.init_candidates, g)
-            one = Targets(targets.texts[b:b + 1], targets.weights[b:b + 1])
-
-            def score(chunk: torch.Tensor, one=one) -> torch.Tensor:
-                with torch.no_grad(), autocast(guide.device):
-                    emb = guide.encode_images(upsample(chunk.to(guide.device), guide.image_size))
-                return similarity(emb, Targets(one.texts.expand(len(chunk), -1, -1),
-                                               one.weights.expand(len(chunk), -1)))
-
-            image = upsample(best_of(candidates, score)[None], size)[0]
-        out.append(image)
-    return torch.stack(out).to(guide.device)
 
 
 @dataclass
@@ -271,26 +245,34 @@ def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config:
     frames = []
     n_global, n_patch = config.views.global_views, config.views.patch_views
     use_amp = config.amp and device.type == "cuda"
+    rows = b * (n_global + n_patch)
+    chunked = 0 < config.view_batch < rows
+    if chunked:
+        owner, share = _view_rows(b, config, device)
     for step in range(1, config.steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            global_views, patch_views = views(pixels)
-            emb = guide.encode_images(torch.cat([global_views, patch_views]))
-        dim = emb.shape[-1]
-        emb_g = emb[:b * n_global].view(b, n_global, dim)
-        emb_p = emb[b * n_global:].view(b, n_patch, dim)
-        loss_g = weighted_distance(emb_g, targets) if n_global else torch.zeros(b, device=device)
-        loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
-        loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()
-        if config.tv_weight:
-            loss = loss + config.tv_weight * smoothness(pixels).sum()
-        loss.backward()
+        if chunked:
+            loss_g, loss_p = _chunked_backward(guide, views, pixels, targets, config, owner,
+                                               share, use_amp)
+        else:
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                global_views, patch_views = views(pixels)
+                emb = guide.encode_images(torch.cat([global_views, patch_views]))
+            dim = emb.shape[-1]
+            emb_g = emb[:b * n_global].view(b, n_global, dim)
+            emb_p = emb[b * n_global:].view(b, n_patch, dim)
+            loss_g = weighted_distance(emb_g, targets) if n_global else torch.zeros(b, device=device)
+            loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
+            loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()
+            if config.tv_weight:
+                loss = loss + config.tv_weight * smoothness(pixels).sum()
+            loss.backward()
         if config.grad_clip:
             pixels.grad = _clip_per_image(pixels.grad, config.grad_clip)
         tracked = (loss_g if n_global else loss_p).detach()
-        improved = tracked < best_loss
+        improved = tracked < best_loss  # a NaN step never counts as an improvement
         best = torch.where(improved.view(-1, 1, 1, 1), pixels.detach(), best)
-        best_loss = torch.minimum(best_loss, tracked)
+        best_loss = torch.fmin(best_loss, tracked)
         optimizer.step()
         with torch.no_grad():
             pixels.copy_(dynamic_threshold(pixels, config.threshold))
@@ -298,7 +280,203 @@ def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config:
             frames.append(pixels.detach().cpu().clone())
         if on_step and ((first_step + step) % config.log_every == 0 or step == config.steps):
             on_step(StepInfo(step, tracked, best_loss))
-    with torch.no_grad():
-        final = upsample(best, guide.image_size) if best.shape[-1] != guide.image_size else best
-        score = similarity(guide.encode_images(final), targets)
+    score = guide_score(guide, best, targets)
     return Result(best.cpu(), best_loss.tolist(), score.tolist(), frames)
+
+
+def guide_score(guide: Guide, images: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """(B,) the guide's weighted cosine similarity of images (B, 3, H, W) to their prompts."""
+    with torch.no_grad():
+        x = images.to(guide.device)
+        x = upsample(x, guide.image_size) if x.shape[-1] != guide.image_size else x
+        return similarity(guide.encode_images(x), targets)
+
+
+def _view_rows(b: int, config: GenerateConfig, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of a step's view batch (global views image by image, then patch views):
+    the image it shows and its share of the loss (global_weight / G or patch_weight / P), so
+    that summing share * distance over the rows gives the unchunked loss."""
+    n_global, n_patch = config.views.global_views, config.views.patch_views
+    owner = torch.cat([torch.arange(b).repeat_interleave(n_global),
+                       torch.arange(b).repeat_interleave(n_patch)])
+    share = torch.cat([torch.full((b * n_global,), config.global_weight / max(n_global, 1)),
+                       torch.full((b * n_patch,), config.patch_weight / max(n_patch, 1))])
+    return owner.to(device), share.to(device)
+
+
+def _chunked_backward(guide: Guide, views: Views, pixels: torch.Tensor, targets: Targets,
+                      config: GenerateConfig, owner: torch.Tensor, share: torch.Tensor,
+                      use_amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate the step's pixel gradient pushing `config.view_batch` views through the
+    model at a time. All views are drawn at once (the same randomness as one pass); each
+    chunk's loss is its share of the full loss, and its gradient is carried back to the
+    views, then through the augmentations to the pixels in one pass, with the TV penalty
+    added once. Returns the per-image global and patch losses (B,), detached."""
+    device, b = pixels.device, pixels.shape[0]
+    n_global, n_patch = config.views.global_views, config.views.patch_views
+    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        global_views, patch_views = views(pixels)
+        batch = torch.cat([global_views, patch_views])
+    leaf = batch.detach().requires_grad_(True)
+    distances = []
+    for i in range(0, len(leaf), config.view_batch):
+        part = slice(i, i + config.view_batch)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            emb = guide.encode_images(leaf[part])
+        d = weighted_distance(emb[:, None], targets.select(owner[part]))
+        (share[part] * d).sum().backward()
+        distances.append(d.detach())
+    outputs, grads = [batch], [leaf.grad]
+    if config.tv_weight:
+        outputs.append(config.tv_weight * smoothness(pixels).sum())
+        grads.append(None)
+    torch.autograd.backward(outputs, grads)
+    d = torch.cat(distances)
+    loss_g = d[:b * n_global].view(b, n_global).mean(1) if n_global else torch.zeros(b, device=device)
+    loss_p = d[b * n_global:].view(b, n_patch).mean(1) if n_patch else torch.zeros(b, device=device)
+    return loss_g, loss_p
+
+
+@dataclass
+class Generation:
+    images: torch.Tensor  # (B, 3, H, W) the best images in [0, 1], on the CPU
+    frames: list[torch.Tensor]  # snapshots every `config.save_every` steps, each (B, 3, H, W)
+    records: list[dict]  # per image, JSON-ready: prompt, parsed, negatives, seed, size, ...
+
+
+@dataclass
+class Start:
+    """Everything a run needs before its first step: checked, parsed, encoded, started."""
+
+    size: int
+    seeds: list[int]
+    negatives: list[list[str]]
+    parsed: list[list[WeightedPrompt]]  # each prompt's weighted parts, negatives included
+    targets: Targets
+    source: InitSource
+    images: torch.Tensor  # (B, 3, size, size) on the guide's device
+
+
+def prepare(prompts: Sequence[str], model: Guide, config: GenerateConfig = GenerateConfig(),
+            seeds: Sequence[int] | None = None,
+            negatives: Sequence[Sequence[str]] | Sequence[str] = (),
+            negative_weight: float = 0.5) -> Start:
+    """Check the settings against the model, parse the prompts, encode their texts once and
+    pick the start images (one per seed)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ClipagError("no prompts to generate")
+    size = config.validate(model)
+    seeds = list(range(len(prompts))) if seeds is None else list(seeds)
+    if len(seeds) != len(prompts):
+        raise ClipagError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed each")
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+            raise ClipagError(f"--seed must be a whole number in [0, 2^63), got {seed!r}")
+    _real("negative_weight", negative_weight, ">= 0", lambda v: v >= 0)
+    per_prompt = _negatives_per_prompt(negatives, len(prompts))
+    parsed = [with_negatives(parse_prompt(p), n, negative_weight)
+              for p, n in zip(prompts, per_prompt)]
+    targets = encode_targets(model, parsed)
+    source = init_source(config, model)
+    images = initial_images(model, targets, config, size, seeds, source, parsed)
+    return Start(size, seeds, per_prompt, parsed, targets, source, images)
+
+
+def _negatives_per_prompt(negatives: Sequence[Sequence[str]] | Sequence[str] | str,
+                          n: int) -> list[list[str]]:
+    """One list of negative texts for every prompt, or one list per prompt."""
+    if isinstance(negatives, str):
+        negatives = [negatives]
+    negatives = list(negatives)
+    if all(isinstance(x, str) for x in negatives):
+        return [list(negatives) for _ in range(n)]
+    if any(isinstance(x, str) for x in negatives) or len(negatives) != n:
+        raise ClipagError(f"negatives must be one list of texts for all prompts or one list per "
+                          f"prompt ({n}), got {negatives!r}")
+    out = []
+    for x in negatives:
+        x = [x] if isinstance(x, str) else list(x)
+        if not all(isinstance(t, str) for t in x):
+            raise ClipagError(f"negatives must be texts, got {x!r}")
+        out.append(x)
+    return out
+
+
+def generate(prompts: Sequence[str], model: Guide, config: GenerateConfig = GenerateConfig(),
+             seeds: Sequence[int] | None = None,
+             negatives: Sequence[Sequence[str]] | Sequence[str] = (),
+             negative_weight: float = 0.5,
+             on_step: Callable[[StepInfo], None] | None = None) -> Generation:
+    """Make one image per prompt, optimised together as one batch with the same settings.
+
+    Seeds default to 0..B-1; each start image comes from its own seed, and the views'
+    randomness from the first seed, so the same prompts, seeds and batch give the same images
+    (bit for bit on the CPU). `negatives` is one list for all prompts or one per prompt, each
+    text pushed away with weight -`negative_weight`."""
+    began = time.perf_counter()
+    start = prepare(prompts, model, config, seeds, negatives, negative_weight)
+    torch.manual_seed(start.seeds[0])  # the augmentations' randomness
+    result = optimise(model, start.targets, start.images, config, on_step)
+    seconds = (time.perf_counter() - began) / len(start.seeds)
+    settings = _jsonable(dataclasses.asdict(config))
+    init = init_name(config, start.source)
+    records = []
+    for b, prompt in enumerate(prompts if not isinstance(prompts, str) else [prompts]):
+        records.append({
+            "prompt": prompt, "parsed": [dataclasses.asdict(p) for p in start.parsed[b]],
+            "negatives": start.negatives[b], "seed": start.seeds[b], "size": start.size,
+            "model": {"name": model.name}, "settings": settings, "init": init,
+            "batch": len(start.seeds), "best_loss": _finite(result.best_loss[b]),
+            "score": _finite(result.score[b]), "seconds": round(seconds, 3),
+            "device": str(model.device), "torch": torch.__version__})
+    return Generation(result.images, result.frames, records)
+
+
+def _finite(value: float) -> float | None:
+    """A number for JSON: None where the run produced none (NaN or inf)."""
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+GENERATE_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerateConfig)) - {"views", "flow"}
+VIEW_FIELDS = frozenset(f.name for f in dataclasses.fields(ViewConfig))
+
+
+def with_setting(config: GenerateConfig, key: str, value: Any) -> GenerateConfig:
+    """`config` with one setting changed: a GenerateConfig or ViewConfig field by name, or
+    `jitter` (the views' colour-jitter strength, see ViewConfig.with_jitter)."""
+    value = tuple(value) if isinstance(value, list) else value
+    if key == "jitter":
+        return dataclasses.replace(config, views=config.views.with_jitter(value))
+    if key in VIEW_FIELDS:
+        return dataclasses.replace(config, views=dataclasses.replace(config.views, **{key: value}))
+    if key in GENERATE_FIELDS:
+        return dataclasses.replace(config, **{key: value})
+    raise ClipagError(f"unknown setting {key!r}")
+
+
+def with_recommended(config: GenerateConfig, recommended: Iterable[tuple[str, Any]],
+                     explicit: set[str]) -> tuple[GenerateConfig, dict[str, Any]]:
+    """`config` with a preset's recommended settings applied, except those the user set
+    (`explicit`, by setting name), and what that changed. Recommended scales are dropped when
+    there are too few steps to split over them (steps <= len(scales))."""
+    changed = {}
+    for key, value in recommended:
+        if key in explicit:
+            continue
+        value = tuple(value) if isinstance(value, list) else value
+        if key == "scales" and config.steps <= len(value):
+            continue
+        new = with_setting(config, key, value)
+        if new != config:
+            config, changed[key] = new, value
+    return config, changed

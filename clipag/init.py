@@ -1,5 +1,6 @@
 """Starting images: a compact Gaussian mixture over low-resolution images (best-of-N scored
-by the guide), a user's image, or plain noise.
+by the guide), a CrossFlow draft of the prompt, a user's image, or plain noise; and the choice
+between them (`init_source`, `initial_images`), so the optimiser never needs to know.
 
 The mixture stores, per component, a weight, a mean, a low-rank factor and a diagonal:
 covariance = F F^T + diag(d). Fitted by k-means then per-cluster PCA, it is a few hundred KB
@@ -12,15 +13,24 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .images import IMAGE_EXTS, decode_image
+from .device import autocast
 from .errors import ClipagError
 from .fileio import write_atomic
+from .flow.crossflow import FlowInit, SampleConfig, load_flow_init
+from .images import IMAGE_EXTS, decode_image
+from .models import Guide
+from .prompts import WeightedPrompt
+from .targets import Targets, similarity
+
+if TYPE_CHECKING:
+    from .generate import GenerateConfig
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_GMM = ASSETS / "gmm-photos16.safetensors"
@@ -176,3 +186,75 @@ def from_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     if image is None:
         raise ClipagError(f"cannot read init image {path}")
     return image
+
+
+InitSource = GaussianMixture | FlowInit | None
+
+
+def check_init(init: str) -> None:
+    """A clear error for an init that names nothing usable."""
+    if init in ("gmm", "noise", "crossflow"):
+        return
+    if init.startswith("crossflow:"):
+        if not Path(init.split(":", 1)[1]).is_file():
+            raise ClipagError(f"--init {init}: CrossFlow checkpoint not found")
+        return
+    if not Path(init).is_file():
+        raise ClipagError(f"--init must be gmm, noise, crossflow[:FILE] or a mixture file; "
+                          f"{init!r} not found")
+
+
+def init_source(config: GenerateConfig, guide: Guide) -> InitSource:
+    """What starting images are drawn from: a Gaussian mixture, a CrossFlow, or nothing
+    (noise or an init image)."""
+    if config.init_image or config.init == "noise":
+        return None
+    if config.init.startswith("crossflow"):
+        return load_flow_init(config.init, guide.device, guide, config.flow)
+    path = DEFAULT_GMM if config.init == "gmm" else Path(config.init)
+    if config.init == "gmm" and not path.is_file():
+        return None
+    return GaussianMixture.load(path)
+
+
+def init_name(config: GenerateConfig, source: InitSource) -> str:
+    """What the start images were, for the records: image, crossflow, gmm (the embedded
+    mixture), the mixture file's path, or noise."""
+    if config.init_image:
+        return "image"
+    if isinstance(source, FlowInit):
+        return "crossflow"
+    if source is None:
+        return "noise"
+    return "gmm" if config.init == "gmm" else config.init
+
+
+def initial_images(guide: Guide, targets: Targets, config: GenerateConfig, size: int,
+                   seeds: list[int], source: InitSource,
+                   prompts: list[list[WeightedPrompt]] | None = None) -> torch.Tensor:
+    """One starting image per seed, each drawn from its own seeded generator: a CrossFlow
+    draft of the prompt, the best of N mixture samples, noise, or the init image."""
+    out = []
+    for b, seed in enumerate(seeds):
+        g = torch.Generator().manual_seed(seed)
+        if config.init_image:
+            image = from_image(config.init_image, size)
+        elif isinstance(source, FlowInit):
+            if prompts is None:
+                raise ValueError("a CrossFlow init needs the prompts")
+            image = upsample(source.draft(prompts[b], seed)[None].cpu(), size)[0]
+        elif config.init == "noise" or source is None:
+            image = noise(size, g)
+        else:
+            candidates = source.sample(config.init_candidates, g)
+            one = targets.select(slice(b, b + 1))
+
+            def score(chunk: torch.Tensor, one=one) -> torch.Tensor:
+                with torch.no_grad(), autocast(guide.device):
+                    emb = guide.encode_images(upsample(chunk.to(guide.device), guide.image_size))
+                return similarity(emb, Targets(one.texts.expand(len(chunk), -1, -1),
+                                               one.weights.expand(len(chunk), -1)))
+
+            image = upsample(best_of(candidates, score)[None], size)[0]
+        out.append(image)
+    return torch.stack(out).to(guide.device)

@@ -6,9 +6,8 @@ import torch
 from clipag.augment import ViewConfig, Views
 from clipag.errors import ClipagError
 from clipag.generate import (GenerateConfig, Targets, dynamic_threshold, encode_targets,
-                             initial_images, optimise, smoothness, stage_plan,
-                             weighted_distance)
-from clipag.init import GaussianMixture, fit
+                             generate, smoothness, stage_plan, weighted_distance)
+from clipag.init import GaussianMixture, fit, initial_images
 from clipag.prompts import parse_prompt
 
 SMALL = GenerateConfig(steps=12, lr=0.05, init="noise", log_every=1,
@@ -16,22 +15,19 @@ SMALL = GenerateConfig(steps=12, lr=0.05, init="noise", log_every=1,
 
 
 def _run(guide, config=SMALL, seeds=(0,), prompt="a red circle"):
-    targets = encode_targets(guide, [parse_prompt(prompt)] * len(seeds))
-    size = config.validate(guide)
-    start = initial_images(guide, targets, config, size, list(seeds), None)
-    torch.manual_seed(seeds[0])
     losses = []
-    result = optimise(guide, targets, start, config, lambda i: losses.append(i.loss.clone()))
-    return result, losses, start
+    made = generate([prompt] * len(seeds), guide, config, seeds,
+                    on_step=lambda i: losses.append(i.loss.clone()))
+    return made, losses
 
 
 def test_loss_goes_down(tiny_guide):
     config = dataclasses.replace(SMALL, steps=30, grad_clip=0.0,
                                  views=ViewConfig(global_views=4, patch_views=4, noise=0.0))
-    result, losses, _ = _run(tiny_guide, config)
+    made, losses = _run(tiny_guide, config)
     first, last = losses[0].item(), min(x.item() for x in losses[-5:])
     assert last < first - 0.01, (first, last)
-    assert result.best_loss[0] <= min(x.item() for x in losses) + 1e-6
+    assert made.records[0]["best_loss"] <= min(x.item() for x in losses) + 1e-6
 
 
 def test_smoothness_is_zero_on_flat_images_and_counts_edges():
@@ -45,37 +41,38 @@ def test_smoothness_is_zero_on_flat_images_and_counts_edges():
 
 def test_tv_penalty_gives_a_smoother_image(tiny_guide):
     config = dataclasses.replace(SMALL, steps=20, lr=0.05)
-    plain, _, _ = _run(tiny_guide, config)
-    smooth, _, _ = _run(tiny_guide, dataclasses.replace(config, tv_weight=5.0))
+    plain, _ = _run(tiny_guide, config)
+    smooth, _ = _run(tiny_guide, dataclasses.replace(config, tv_weight=5.0))
     assert smoothness(smooth.images) < 0.8 * smoothness(plain.images)
 
 
 def test_same_seed_same_image_bit_for_bit(tiny_guide):
-    a, _, _ = _run(tiny_guide, seeds=(7,))
-    b, _, _ = _run(tiny_guide, seeds=(7,))
-    c, _, _ = _run(tiny_guide, seeds=(8,))
+    a, _ = _run(tiny_guide, seeds=(7,))
+    b, _ = _run(tiny_guide, seeds=(7,))
+    c, _ = _run(tiny_guide, seeds=(8,))
     assert torch.equal(a.images, b.images)
     assert not torch.equal(a.images, c.images)
 
 
 def test_output_shape_and_range_at_larger_size(tiny_guide):
     config = dataclasses.replace(SMALL, size=80, steps=3)
-    result, _, start = _run(tiny_guide, config, seeds=(0, 1))
-    assert result.images.shape == (2, 3, 80, 80) == start.shape
-    assert result.images.min() >= 0 and result.images.max() <= 1
-    assert len(result.score) == 2
+    made, _ = _run(tiny_guide, config, seeds=(0, 1))
+    assert made.images.shape == (2, 3, 80, 80)
+    assert made.images.min() >= 0 and made.images.max() <= 1
+    assert [r["size"] for r in made.records] == [80, 80]
+    assert all(isinstance(r["score"], float) for r in made.records)
 
 
 @pytest.mark.parametrize("global_views,patch_views", [(3, 0), (0, 3)])
 def test_only_one_kind_of_view(tiny_guide, global_views, patch_views):
     views = ViewConfig(global_views=global_views, patch_views=patch_views)
-    result, losses, _ = _run(tiny_guide, dataclasses.replace(SMALL, steps=2, views=views))
-    assert result.images.shape == (1, 3, 32, 32) and len(losses) == 2
+    made, losses = _run(tiny_guide, dataclasses.replace(SMALL, steps=2, views=views))
+    assert made.images.shape == (1, 3, 32, 32) and len(losses) == 2
 
 
 def test_frames_are_kept_every_n_steps(tiny_guide):
-    result, _, _ = _run(tiny_guide, dataclasses.replace(SMALL, steps=6, save_every=2))
-    assert len(result.frames) == 3 and result.frames[0].shape == (1, 3, 32, 32)
+    made, _ = _run(tiny_guide, dataclasses.replace(SMALL, steps=6, save_every=2))
+    assert len(made.frames) == 3 and made.frames[0].shape == (1, 3, 32, 32)
 
 
 def test_stage_plan_splits_steps_coarse_to_fine():
@@ -85,14 +82,14 @@ def test_stage_plan_splits_steps_coarse_to_fine():
 
 def test_multiscale_runs_every_stage_and_ends_at_full_size(tiny_guide):
     config = dataclasses.replace(SMALL, steps=9, scales=(8, 16), save_every=3)
-    result, losses, start = _run(tiny_guide, config, seeds=(0, 1))
+    result, losses = _run(tiny_guide, config, seeds=(0, 1))
     assert len(losses) == 9  # steps are counted across stages
-    assert result.images.shape == start.shape == (2, 3, 32, 32)
+    assert result.images.shape == (2, 3, 32, 32)
     assert [f.shape[-1] for f in result.frames] == [32, 32, 32]
     # the coarse stages leave the image smooth: little energy above the 16px band
     low = torch.nn.functional.interpolate(result.images, size=(16, 16), mode="area")
     flat = dataclasses.replace(config, scales=())
-    plain, _, _ = _run(tiny_guide, flat, seeds=(0, 1))
+    plain, _ = _run(tiny_guide, flat, seeds=(0, 1))
     def detail(x, low):
         return (x - torch.nn.functional.interpolate(low, size=(32, 32), mode="bilinear")).abs().mean()
     plain_low = torch.nn.functional.interpolate(plain.images, size=(16, 16), mode="area")

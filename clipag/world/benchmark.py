@@ -14,13 +14,11 @@ import torch
 
 from ..ensemble import load_named
 from ..fileio import write_text_atomic
-from ..generate import (GenerateConfig, encode_targets, init_source, initial_images, optimise,
-                       similarity)
+from ..generate import GenerateConfig, generate, guide_score, prepare
 from ..init import upsample
 from .judge import judge, read_image
 from ..models import Guide, load_guide, spec_for
 from ..output import save_grid
-from ..prompts import parse_prompt
 from .scenes import WorldConfig, full_caption, sample
 from .scenes import parse_prompt as prompt_attributes
 
@@ -57,28 +55,19 @@ class GuideReport:
 def make_images(guide: Guide, prompts: list[str], config: GenerateConfig, batch_size: int,
                 seed: int) -> tuple[torch.Tensor, list[float]]:
     """Images of the prompts (the start images alone when `config.steps` is 0) and the
-    guide's own scores of them."""
+    guide's own scores of them; prompt k uses seed `seed + k`."""
     images, scores = [], []
-    source = init_source(config, guide)
-    # With no refiner steps the scales plan nothing: validate as a one-step run without them.
-    refine = config if config.steps else dataclasses.replace(config, steps=1, scales=())
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
-        parsed = [parse_prompt(p) for p in chunk]
-        targets = encode_targets(guide, parsed)
         seeds = [seed + i + j for j in range(len(chunk))]
-        size = refine.validate(guide)
-        init = initial_images(guide, targets, config, size, seeds, source, parsed)
         if config.steps:
-            torch.manual_seed(seeds[0])
-            result = optimise(guide, targets, init, config)
-            images.append(result.images)
-            scores += result.score
-        else:
-            with torch.no_grad():
-                x = upsample(init, guide.image_size) if size != guide.image_size else init
-                scores += similarity(guide.encode_images(x), targets).tolist()
-            images.append(init.cpu())
+            made = generate(chunk, guide, config, seeds)
+            images.append(made.images)
+            scores += [float("nan") if r["score"] is None else r["score"] for r in made.records]
+        else:  # no refiner steps: the scales plan nothing, start as a one-step run would
+            start = prepare(chunk, guide, dataclasses.replace(config, steps=1, scales=()), seeds)
+            scores += guide_score(guide, start.images, start.targets).tolist()
+            images.append(start.images.cpu())
     return torch.cat(images), scores
 
 
