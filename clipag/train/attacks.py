@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import math
+
 import torch
 import torchattacks
 
@@ -27,10 +29,17 @@ class ThreatModel:
     def __post_init__(self):
         if self.norm not in ("l2", "linf"):
             raise ClipagError(f"unknown norm {self.norm!r}: use l2 or linf")
-        if self.eps < 0:
-            raise ClipagError(f"eps must be >= 0, got {self.eps}")
-        if self.eps > 0 and self.steps < 1:
-            raise ClipagError(f"attack steps must be >= 1, got {self.steps}")
+        if not math.isfinite(self.eps) or self.eps < 0:
+            raise ClipagError(f"--eps must be a finite number >= 0, got {self.eps}")
+        if self.norm == "linf" and self.eps > 1:
+            raise ClipagError(f"--eps {self.eps:g} is beyond the [0, 1] pixel range of an "
+                              "linf ball (fractions like 4/255 work)")
+        if self.steps < 0 or (self.eps > 0 and self.steps < 1):
+            raise ClipagError(f"--attack-steps must be >= 1 with eps > 0, got {self.steps}")
+        if self.step_size is not None and not (math.isfinite(self.step_size)
+                                               and self.step_size > 0):
+            raise ClipagError(f"--attack-step-size must be a finite number > 0, got "
+                              f"{self.step_size}")
 
     @property
     def alpha(self) -> float:

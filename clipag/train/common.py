@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -68,20 +70,79 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state.pt")
 
 
-def finished(out: Path, resume: bool) -> bool:
-    """True when `out` was written by an earlier run being resumed; refuses to replace it
-    otherwise."""
-    if not out.exists():
+def finished(out: Path, resume: bool, overwrite: bool = False) -> bool:
+    """True when `out` was written by an earlier run being resumed; with `overwrite` the run
+    trains again (the old `out` is replaced only when the new one is complete); refuses to
+    replace it otherwise."""
+    if not out.exists() or overwrite:
         return False
     if resume:
         return True
-    raise ClipagError(f"{out} exists; pass --resume to continue it or --overwrite")
+    raise ClipagError(f"{out} exists (a finished run); pass --overwrite to train it again")
 
 
-def save_state(path: Path, model, optimizer, scheduler, step: int, position: int) -> None:
+def part_files(path: Path) -> list[Path]:
+    """The temporary files `clipag.fileio.atomic_path` leaves beside `path` when a writer is
+    killed before its rename: `.NAME.<random>.part`."""
+    prefix = f".{path.name}."
+    try:
+        return [p for p in path.parent.iterdir()
+                if p.name.startswith(prefix) and p.name.endswith(".part")
+                and len(p.name) > len(prefix) + len(".part") and p.is_file()]
+    except OSError:  # no folder yet: nothing stale
+        return []
+
+
+def clean_stale_parts(paths: Iterable[Path], before: float) -> list[Path]:
+    """Delete the temporary parts of `paths` last modified before `before` (this run's start,
+    a `time.time()`): what an earlier run killed mid-write left. Returns what was removed."""
+    removed = []
+    for path in paths:
+        for part in part_files(Path(path)):
+            try:
+                if part.stat().st_mtime < before:
+                    part.unlink()
+                    removed.append(part)
+            except OSError:
+                pass  # gone already, or not ours to delete: leave it
+    return removed
+
+
+def check_writable(out: Path) -> None:
+    """Fail now, before any work, when `out` cannot be written: its folder cannot be made or
+    a file cannot be created in it."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ClipagError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def check_run(state: dict, run: dict, path: Path) -> None:
+    """Refuse to resume a state that belongs to another run: one line naming the fields whose
+    recorded value differs from this run's."""
+    recorded = state.get("run")
+    if not isinstance(recorded, dict):
+        raise ClipagError(f"{path} does not record which run it belongs to (an older clipag "
+                          "wrote it); pass --overwrite to start over")
+    differ = [f"{key} (saved {recorded.get(key)!r}, now {value!r})"
+              for key, value in run.items() if recorded.get(key) != value]
+    if differ:
+        raise ClipagError(f"{path} belongs to another run: {'; '.join(differ)}. Rerun with "
+                          "the saved settings to resume, or pass --overwrite to start over")
+
+
+def save_state(path: Path, model, optimizer, scheduler, step: int, position: int,
+               run: dict | None = None) -> None:
+    """Write the resumable state atomically; `run` records what it belongs to (plain values,
+    compared by `check_run` before a resume)."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "step": step, "position": position,
              "rng": torch.get_rng_state()}
+    if run is not None:
+        state["run"] = dict(run)
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     with atomic_path(path) as tmp:
@@ -90,16 +151,28 @@ def save_state(path: Path, model, optimizer, scheduler, step: int, position: int
 
 def load_state(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ClipagError(f"cannot resume from {path}: {str(exc).splitlines()[0]}") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ClipagError(f"cannot resume from {path}: {first}; pass --overwrite to start "
+                          "over") from None
+    if not isinstance(state, dict) or not {"model", "step", "position"} <= set(state):
+        raise ClipagError(f"cannot resume from {path}: not a clipag training state; pass "
+                          "--overwrite to start over")
+    return state
 
 
-def restore(state: dict, model, optimizer, scheduler) -> tuple[int, int]:
+def restore(state: dict, model, optimizer, scheduler, source: Path | str = "the saved state"
+            ) -> tuple[int, int]:
     """Load a saved state into the run; (step, data position)."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ClipagError(f"cannot resume from {source}: it does not fit this model "
+                          f"({first}); pass --overwrite to start over") from None
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -2,13 +2,15 @@
 
 Layouts read by `open_dataset`:
 - a folder with a `captions.csv` (columns `file,caption`) or `captions.jsonl`
-  (`{"file": ..., "caption": ...}`) manifest;
+  (`{"file": ..., "caption": ...}`) manifest; its files are paths relative to the folder
+  and must stay inside it;
 - a folder of images with a sidecar `.txt` caption each (`a.png` + `a.txt`);
 - a class-folder layout (`class_name/*.jpg`, captioned with a template such as
   "a photo of a {}");
 - WebDataset-style tar shards (`key.jpg` + `key.txt`): a `.tar` file, a folder of them, or a
   glob; streamed, never held whole in memory.
-Corrupt or unreadable images are skipped and counted, never fatal.
+Corrupt or unreadable images are skipped and counted; a whole pass over the data without one
+readable image is an error.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,17 @@ from ..errors import ClipagError
 from ..images import IMAGE_EXTS, decode_image
 
 DEFAULT_TEMPLATE = "a photo of a {}"
+
+
+def check_template(template: str) -> None:
+    """A caption template must take a class name in its one `{}`."""
+    try:
+        ok = "\0" in template.format("\0")
+    except (IndexError, KeyError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise ClipagError(f"--template {template!r} must hold one {{}} for the class name, "
+                          f"like {DEFAULT_TEMPLATE!r}")
 
 
 @dataclass
@@ -76,26 +91,58 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ClipagError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ClipagError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _inside(root: Path, name: str, where: str) -> Path:
+    """`root / name` for a manifest entry, refusing paths that leave the dataset folder
+    (absolute, or climbing out with ..). Judged on the text, so symlinks inside the folder
+    still work."""
+    normal = os.path.normpath(name)
+    if (os.path.isabs(name) or Path(name).drive or normal == ".."
+            or normal.startswith(".." + os.sep)):
+        raise ClipagError(f"{where}: {name!r} is outside the dataset folder {root} (manifest "
+                          "paths are relative to it)")
+    return root / normal
+
+
 def _manifest(root: Path) -> list[Record]:
-    records = []
+    """Records of a captions.csv / captions.jsonl manifest, each row checked, errors naming
+    the line."""
+    rows: list[tuple[str, object]] = []  # (where, row)
     if (root / "captions.csv").is_file():
-        with open(root / "captions.csv", newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or not {"file", "caption"} <= set(reader.fieldnames):
-                raise ClipagError(f"{root / 'captions.csv'}: needs the columns file,caption")
-            rows = list(reader)
+        manifest = root / "captions.csv"
+        reader = csv.DictReader(io.StringIO(_read_text(manifest), newline=""))
+        if not reader.fieldnames or not {"file", "caption"} <= set(reader.fieldnames):
+            raise ClipagError(f"{manifest}: needs the columns file,caption")
+        try:
+            for row in reader:
+                rows.append((f"{manifest}:{reader.line_num}", row))
+        except csv.Error as exc:
+            raise ClipagError(f"{manifest}:{reader.line_num}: {exc}") from None
     else:
-        rows = []
-        for n, line in enumerate((root / "captions.jsonl").read_text("utf-8").splitlines(), 1):
+        manifest = root / "captions.jsonl"
+        for n, line in enumerate(_read_text(manifest).splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((f"{manifest}:{n}", json.loads(line)))
                 except ValueError:
-                    raise ClipagError(f"{root / 'captions.jsonl'}:{n}: not valid JSON") from None
-    for row in rows:
-        if not row.get("file") or row.get("caption") is None:
-            raise ClipagError(f"{root}: manifest row without file or caption: {row}")
-        records.append(Record(row["file"], str(row["caption"]), path=root / row["file"]))
+                    raise ClipagError(f"{manifest}:{n}: not valid JSON") from None
+    records = []
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise ClipagError(f"{where}: expected an object with file and caption, got "
+                              f"{type(row).__name__}")
+        name, caption = row.get("file"), row.get("caption")
+        if not isinstance(name, str) or not name.strip() or caption is None:
+            raise ClipagError(f"{where}: a row needs a file name and a caption")
+        records.append(Record(name, str(caption), path=_inside(root, name, where)))
     return records
 
 
@@ -110,6 +157,7 @@ def _shards(spec: str) -> list[Path]:
 
 def open_dataset(spec: str | Path, template: str = DEFAULT_TEMPLATE) -> Dataset:
     """Detect the layout of `spec` and index it (see the module docstring)."""
+    check_template(template)
     spec = str(spec)
     root = Path(spec)
     shards = _shards(spec)
@@ -127,7 +175,7 @@ def open_dataset(spec: str | Path, template: str = DEFAULT_TEMPLATE) -> Dataset:
             for image in images:
                 txt = image.with_suffix(".txt")
                 if txt.is_file():
-                    records.append(Record(image.name, txt.read_text("utf-8").strip(), path=image))
+                    records.append(Record(image.name, _read_text(txt).strip(), path=image))
             if not records:
                 raise ClipagError(f"{root}: images but no captions (add a .txt beside each "
                                   "image, or a captions.csv)")
@@ -190,6 +238,9 @@ class BatchStream:
         self.holdout, self.group = holdout, group
         self.stats = Stats()
         self._cache: dict[int, torch.Tensor | None] | None = {} if cache else None
+        # items in one pass over the data: known up front for a map-style set, after the
+        # first pass for shards
+        self._pass_items: int | None = None if dataset.streamed else len(dataset)
 
     def _order(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -226,24 +277,33 @@ class BatchStream:
     def _stream_items(self) -> Iterator[tuple[int, Record, bytes]]:
         count = 0
         while True:
-            seen_any = False
+            in_pass = 0
             for shard in self.dataset.shards:
                 for key, caption, data in iter_shard(shard):
                     if self.holdout and in_holdout(key, self.holdout):
                         continue
-                    seen_any = True
+                    in_pass += 1
                     if count >= self.position:
                         yield count, Record(key, caption), data
                     count += 1
-            if not seen_any:
+            if not in_pass:
                 raise ClipagError(f"{self.dataset.root}: the shards hold no image-caption pairs")
+            self._pass_items = in_pass
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str], torch.Tensor]]:
         """Yield (images in [0, 1], captions, labels) for this rank, forever."""
         items = self._stream_items() if self.dataset.streamed else self._map_items()
+        # Items drawn since the last batch that held a readable image: twice a pass of them
+        # always holds one whole pass (an epoch is a permutation), so none is readable.
+        drawn_in_vain = 0
         while True:
+            if self._pass_items is not None and drawn_in_vain >= 2 * self._pass_items:
+                raise ClipagError(f"{self.dataset.root}: a whole pass over its "
+                                  f"{self._pass_items} items found no readable image "
+                                  f"({self.stats.skipped} unreadable)")
             chunk = [next(items) for _ in range(self.batch_size)]
             self.position += self.batch_size
+            drawn_in_vain += self.batch_size
             images, captions, labels = [], [], []
             for item in self._mine(chunk):
                 if self.dataset.streamed:
@@ -259,6 +319,7 @@ class BatchStream:
                 captions.append(record.caption)
                 labels.append(record.label)
             if images:
+                drawn_in_vain = 0
                 yield torch.stack(images), captions, torch.tensor(labels)
 
 

@@ -22,6 +22,7 @@ gradients are averaged with all-reduce, so N processes follow one process's traj
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,18 +34,24 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .attacks import CosineLogits, ThreatModel, attack_logits, pgd
 from ..checkpoint import save_checkpoint
-from .data import BatchStream, Dataset, open_dataset, split
+from .data import DEFAULT_TEMPLATE, BatchStream, Dataset, check_template, open_dataset, split
 from ..device import autocast
 from ..errors import ClipagError
 from ..models import Guide, ModelSpec, load_guide
-from .common import (average_gradients, barrier, finished, gather, init_distributed,
-                       load_state, lr_factor, restore, save_state, state_path, world_info)
+from .common import (average_gradients, barrier, check_run, check_writable, clean_stale_parts,
+                     finished, gather, init_distributed, load_state, lr_factor, restore,
+                     save_state, state_path, world_info)
 
 OBJECTIVES = ("contrastive", "tecoa", "fare")
 
 
+SEED_MAX = 2**63 - 1
+
+
 @dataclass
 class TrainConfig:
+    """Every robustify setting and its default (the CLI reads its defaults from here)."""
+
     data: str
     out: str
     objective: str = "contrastive"
@@ -57,7 +64,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: int = 0
     grad_clip: float = 0.0
-    save_every: int = 0
+    save_every: int = 100  # keep a resumable state every this many steps (0 = never)
     log_every: int = 10
     seed: int = 0
     holdout: float = 0.0
@@ -65,35 +72,56 @@ class TrainConfig:
     group: int = 1  # keep runs of this many consecutive items in one batch (hard negatives)
     noise: float = 0.0  # std of Gaussian pixel noise added to every training image
     pag_weight: float = 0.0  # weight of the sibling gradient-alignment term (needs group > 1)
-    template: str = "a photo of a {}"
-    resume: bool = False
+    template: str = DEFAULT_TEMPLATE
+    resume: bool = False  # insist on continuing a saved state (a matching one is resumed anyway)
+    overwrite: bool = False  # start over; the old output is replaced only by a complete new one
     half: bool = False  # store the final weights in fp16 (half the file size)
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ClipagError(f"unknown objective {self.objective!r}: {', '.join(OBJECTIVES)}")
-        for name in ("steps", "batch_size", "accum"):
-            if getattr(self, name) < 1:
-                raise ClipagError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.lr <= 0:
-            raise ClipagError("--lr must be > 0")
-        if not 0 <= self.holdout < 1:
-            raise ClipagError("--holdout must be in [0, 1)")
-        if self.clean_weight < 0:
-            raise ClipagError(f"--clean-weight must be >= 0, got {self.clean_weight}")
+        if not isinstance(self.threat, ThreatModel):
+            raise ClipagError("threat must be a ThreatModel")
+        for name, low in (("steps", 1), ("batch_size", 1), ("accum", 1), ("warmup", 0),
+                          ("save_every", 0), ("log_every", 1), ("group", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= SEED_MAX:
+                raise ClipagError(f"--{name.replace('_', '-')} must be a whole number >= {low}, "
+                                  f"got {value!r}")
+        for name, low, high, low_open, high_open in (
+                ("lr", 0, None, True, False), ("weight_decay", 0, None, False, False),
+                ("grad_clip", 0, None, False, False), ("holdout", 0, 1, False, True),
+                ("clean_weight", 0, None, False, False), ("noise", 0, 1, False, False),
+                ("pag_weight", 0, None, False, False)):
+            _check_real(name, getattr(self, name), low, high, low_open, high_open)
+        if self.resume and self.overwrite:
+            raise ClipagError("--resume and --overwrite contradict each other: pick one")
+        check_template(self.template)
         if self.clean_weight and self.objective == "fare":
             raise ClipagError("--clean-weight applies to the contrastive and tecoa objectives "
                               "(FARE's clean loss is its anchor already)")
-        if self.noise < 0:
-            raise ClipagError(f"--noise must be >= 0, got {self.noise}")
-        if self.pag_weight < 0:
-            raise ClipagError(f"--pag-weight must be >= 0, got {self.pag_weight}")
         if self.pag_weight and self.group < 2:
             raise ClipagError("--pag-weight needs sibling groups: export the world with "
                               "--siblings K and train with --group K")
         if self.group > 1 and self.holdout:
             raise ClipagError("--group cannot be combined with --holdout (the split would "
                               "break the groups)")
+
+
+def _check_real(name: str, value, low: float | None, high: float | None, low_open: bool,
+                high_open: bool) -> None:
+    """A finite number in the range, or a one-line error in the CLI's words."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bounds = " and ".join(b for b in (
+            "" if low is None else f"{'>' if low_open else '>='} {low:g}",
+            "" if high is None else f"{'<' if high_open else '<='} {high:g}") if b)
+        raise ClipagError(f"--{name.replace('_', '-')} must be {bounds} (a finite number), "
+                          f"got {value!r}")
 
 
 @dataclass
@@ -260,22 +288,49 @@ def trainable_parameters(model: torch.nn.Module, train_text: bool) -> list[torch
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def run_record(config: TrainConfig, spec: ModelSpec, guide: Guide, dataset: Dataset) -> dict:
+    """What a resumable state belongs to: every setting that shapes the training trajectory
+    (not logging, saving, storage precision or the device). Plain values only."""
+    threat = config.threat
+    checkpoint = str(Path(spec.checkpoint).resolve()) if spec.checkpoint else None
+    return {"data": dataset.fingerprint(), "model": guide.info.get("arch"),
+            "base_model": f"{spec.model} {spec.pretrained} {checkpoint}",
+            "objective": config.objective, "norm": threat.norm, "eps": threat.eps,
+            "attack_steps": threat.steps, "attack_step_size": threat.alpha,
+            "random_start": threat.random_start, "train_text": config.train_text,
+            "steps": config.steps, "batch_size": config.batch_size, "accum": config.accum,
+            "lr": config.lr, "weight_decay": config.weight_decay, "warmup": config.warmup,
+            "grad_clip": config.grad_clip, "seed": config.seed, "holdout": config.holdout,
+            "clean_weight": config.clean_weight, "group": config.group, "noise": config.noise,
+            "pag_weight": config.pag_weight, "template": config.template}
+
+
 def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
               on_log: Callable[[StepLog], None] | None = None,
-              on_step: Callable[[int], None] | None = None) -> Path:
-    """Train, checkpoint every `save_every` steps, and write the final clipag checkpoint."""
+              on_step: Callable[[int], None] | None = None,
+              on_state: Callable[[int, Path], None] | None = None) -> Path:
+    """Train, keep a resumable state every `save_every` steps, and write the final clipag
+    checkpoint. Everything is checked (settings, output folder, data, model, a saved state)
+    before the first step; nothing that exists is replaced until its replacement is complete.
+    A saved state that matches this run is resumed; one that does not is refused (pass
+    `overwrite` to start over). `on_state(step, path)` hears which step the state on disk
+    holds, whenever that changes (resumed or saved)."""
+    started = time.time()
     config.validate()
     rank, world = init_distributed(device)
     out = Path(config.out)
     saved = state_path(out)
-    if finished(out, config.resume):
+    if rank == 0:
+        clean_stale_parts((out, saved), started)
+    if finished(out, config.resume, config.overwrite):
         return out
+    check_writable(out)
+    dataset = split(open_dataset(config.data, config.template), config.holdout, "train")
     torch.manual_seed(config.seed)
     guide = load_guide(spec, device, quiet=rank != 0)
     arch = guide.info.get("arch")
     if arch is None:
         raise ClipagError("cannot tell this model's architecture; pass --model ARCH")
-    dataset = split(open_dataset(config.data, config.template), config.holdout, "train")
     # Adversarial fine-tuning trains the function that is attacked and that later guides:
     # eval mode, so BatchNorm layers (ResNets) keep their running statistics instead of
     # normalising each batch. Plain training (eps 0) learns those statistics in train mode.
@@ -286,14 +341,35 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup, config.steps))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    step, position = 0, 0
-    if config.resume and saved.exists():
-        step, position = restore(load_state(saved), model, optimizer, scheduler)
+    run = run_record(config, spec, guide, dataset)
+    step, position, kept = 0, 0, None  # kept: the step the state on disk holds
+    if saved.exists() and not config.overwrite:
+        state = load_state(saved)
+        check_run(state, run, saved)
+        step, position = restore(state, model, optimizer, scheduler, saved)
+        kept = step
+        del state
+        if on_state:
+            on_state(step, saved)
+    elif config.resume and not saved.exists():
+        raise ClipagError(f"nothing to resume: no training state at {saved}")
     stream = BatchStream(dataset, config.batch_size, guide.image_size, seed=config.seed,
                          position=position, rank=rank, world=world,
                          holdout=config.holdout if dataset.streamed else 0.0,
                          group=config.group)
     batches = iter(stream)
+
+    def keep_state(at: int) -> None:
+        nonlocal kept
+        try:
+            save_state(saved, model, optimizer, scheduler, at, stream.position, run)
+        except OSError as exc:
+            raise ClipagError(f"could not save the training state of step {at} to {saved} "
+                              f"({exc.strerror or exc}); kept: {_kept(saved, kept)}") from None
+        kept = at
+        if on_state:
+            on_state(at, saved)
+
     tick, seen = time.perf_counter(), 0
     while step < config.steps:
         optimizer.zero_grad(set_to_none=True)
@@ -327,7 +403,7 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
                                stream.stats.skipped))
             tick, seen = time.perf_counter(), 0
         if config.save_every and step % config.save_every == 0 and step < config.steps and rank == 0:
-            save_state(saved, model, optimizer, scheduler, step, stream.position)
+            keep_state(step)
         if on_step:
             on_step(step)
     if rank == 0:
@@ -340,12 +416,32 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
                 "lr": config.lr, "train_text": config.train_text, "seed": config.seed,
                 "data": str(config.data), "data_fingerprint": dataset.fingerprint(),
                 "skipped_images": stream.stats.skipped, "config": _plain(asdict(config))}
-        save_checkpoint(out, model.state_dict(), meta,
-                        dtype=torch.float16 if config.half else None)
+        try:
+            save_checkpoint(out, model.state_dict(), meta,
+                            dtype=torch.float16 if config.half else None)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if kept != step:  # keep the finished training: a rerun then only writes `out`
+                try:
+                    save_state(saved, model, optimizer, scheduler, step, stream.position, run)
+                    kept = step
+                except OSError:
+                    pass
+            previous = " (the previous file is unchanged)" if out.exists() else ""
+            raise ClipagError(f"could not write {out}{previous}: {reason}; kept: "
+                              f"{_kept(saved, kept)}") from None
         if saved.exists():
             saved.unlink()
     barrier()
     return out
+
+
+def _kept(saved: Path, step: int | None) -> str:
+    """What a run that failed late leaves to resume from, in words."""
+    if step is None or not saved.exists():
+        return "no training state (nothing of this run could be saved)"
+    return (f"the training state of step {step} in {saved}; make room and rerun the same "
+            "command to resume from it")
 
 
 def _plain(value):
