@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The one-command GPU check, for a CUDA box with no internet that has only torch, torchvision
+# and numpy:
+#   bash bench/gpu.sh             # bench/wheels must come from `bash bench/gpu-wheels.sh PYVER`
+#   DRY_RUN=1 bash bench/gpu.sh   # print the stages and write the summary, running nothing
+# Installs the wheels the box lacks into $SITE (/tmp/clipag-site), then runs, each stage under
+# `timeout` and all within TOTAL_S (480 s = 8 minutes): the CUDA-marked tests, one `clipag
+# generate` on the default model, one on ViT-B-32 with random weights (fp16 autocast),
+# bench/speed.py and bench/train_speed.py. The markdown summary goes to $OUT/gpu-DATE.md when OUT
+# is set, else to bench/results/gpu-DATE.md; the speed results and images go beside it.
+# Environment: PYTHON (python3), OUT, SITE, TOTAL_S, DRY_RUN.
+set -uo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python3}
+dry=${DRY_RUN:-0}
+total=${TOTAL_S:-480}
+site=${SITE:-/tmp/clipag-site}
+src=${SRC:-/tmp/clipag-src}   # clipag laid out as installed: clipag/ plus cli/ as clipag/cli
+day=$(date -u +%F)
+out=${OUT:-$repo/bench/results}
+summary=$out/gpu-$day.md
+mkdir -p "$out"
+work=$(mktemp -d "${TMPDIR:-/tmp}/clipag-gpu.XXXXXX")
+start=$(date +%s)
+deadline=$((start + total))
+stage_rows=()
+
+say() { echo "$*" >&2; }
+
+# The package as `pip install` would lay it out (cli/ installs as clipag.cli), made of links
+# to this checkout, so `python -m clipag` and the tests run this tree without installing it.
+lay_out_source() {
+  rm -rf "$src" && mkdir -p "$src/clipag" || return 1
+  local entry
+  for entry in "$repo"/clipag/*; do ln -s "$entry" "$src/clipag/"; done
+  ln -s "$repo/cli" "$src/clipag/cli"
+}
+
+# stage NAME LIMIT_S COMMAND...: run COMMAND in $src under timeout, log it, add a summary row.
+stage() {
+  local name=$1 limit=$2 slug
+  shift 2
+  slug=$(echo "$name" | tr -c 'a-zA-Z0-9\n' '-')
+  local left=$((deadline - $(date +%s)))
+  ((limit > left)) && limit=$left
+  say "== $name (timeout ${limit}s): $*"
+  if [[ $dry == 1 ]]; then
+    stage_rows+=("| $name | dry run | - | \`$*\` |")
+    return 0
+  fi
+  if ((limit < 10)); then
+    stage_rows+=("| $name | skipped: out of time | - | \`$*\` |")
+    return 0
+  fi
+  local t0 t1 rc
+  t0=$(date +%s.%N)
+  (cd "$src" && timeout -k 10 "$limit" "$@") >"$work/$slug.log" 2>&1
+  rc=$?
+  t1=$(date +%s.%N)
+  local seconds status
+  seconds=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+  case $rc in
+    0) status=ok ;;
+    124 | 137) status="TIMED OUT after ${limit}s" ;;
+    *) status="FAILED (exit $rc)" ;;
+  esac
+  say "   $status in ${seconds}s"
+  stage_rows+=("| $name | $status | $seconds | \`$*\` |")
+  {
+    echo "### $name: $status, ${seconds} s"
+    echo
+    echo '```'
+    tail -n 30 "$work/$slug.log"
+    echo '```'
+    echo
+  } >>"$work/details.md"
+  return 0
+}
+
+{
+  echo "# clipag GPU check, $(date -u '+%F %H:%M UTC')"
+  echo
+  echo "Commit \`$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)\`, host \`$(hostname)\`."
+  echo
+  if [[ $dry == 1 ]]; then
+    echo "DRY RUN: nothing was run."
+  else
+    echo '```'
+    nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 || echo "nvidia-smi failed"
+    "$py" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__,
+"cuda", torch.version.cuda, "available", torch.cuda.is_available(), "devices", torch.cuda.device_count())' 2>&1
+    echo '```'
+  fi
+  echo
+} >"$work/header.md"
+: >"$work/details.md"
+
+if [[ $dry != 1 ]]; then
+  lay_out_source || { say "cannot lay out $src"; exit 1; }
+  export PYTHONPATH="$src:$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+stage "install missing wheels" 60 "$py" "$repo/bench/wheels.py" install "$repo/bench/wheels" --target "$site"
+stage "CUDA tests" 100 "$py" -m pytest -p no:cacheprovider -W ignore -rs -c "$repo/pyproject.toml" \
+  --rootdir "$repo" "$repo/tests/test_cuda.py" "$repo/tests/test_bench.py"
+stage "generate, default model" 45 "$py" -m clipag generate "a red circle on a blue background" \
+  --device cuda -o "$out/gpu-$day-default.png" --overwrite -q
+stage "generate, ViT-B-32 random weights, fp16" 60 "$py" -m clipag generate "a photo of a red car" \
+  --model ViT-B-32 --pretrained none --device cuda -o "$out/gpu-$day-vitb32.png" --overwrite -q
+stage "speed benchmark" 150 "$py" "$repo/bench/speed.py" --device cuda --out "$out/speed-$day-gpu"
+stage "robustify throughput" 60 "$py" "$repo/bench/train_speed.py" --device cuda
+
+{
+  cat "$work/header.md"
+  echo "| stage | result | seconds | command |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${stage_rows[@]}"
+  echo
+  echo "Total $(($(date +%s) - start)) s of a ${total} s budget."
+  echo
+  if [[ $dry != 1 && -f "$out/speed-$day-gpu.md" ]]; then
+    echo "## Speed"
+    echo
+    cat "$out/speed-$day-gpu.md"
+    echo
+  fi
+  echo "## Logs (last 30 lines of each)"
+  echo
+  cat "$work/details.md"
+} >"$summary.part" && mv "$summary.part" "$summary"
+say "summary: $summary"
+rm -rf "$work"
