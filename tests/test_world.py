@@ -164,3 +164,52 @@ def test_confusion_counts_what_the_judge_read_per_prompted_value():
     assert confusion(prompts, reads) == {"circle": {"square": 1, "circle": 1},
                                          "triangle": {"square": 1}}
     assert confusion(prompts, reads, "color")["red"] == {"None": 1}
+
+
+def test_export_never_mixes_into_or_replaces_an_existing_dataset(tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "mine.png").write_bytes(b"the user's")
+    with pytest.raises(ClipagError, match="exists and is not empty"):
+        world.export(out, 4, world.WorldConfig(size=16))
+    assert [p.name for p in out.iterdir()] == ["mine.png"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert len(list(world.export(empty, 4, world.WorldConfig(size=16)).glob("*.png"))) == 4
+
+
+def test_an_interrupted_export_leaves_nothing_and_stale_ones_are_cleaned(tmp_path, monkeypatch):
+    import os
+    import time
+    out = tmp_path / "data"
+    stale = tmp_path / ".data.abc123.part"
+    stale.mkdir()
+    (stale / "0000000.png").write_bytes(b"half")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    calls = []
+
+    def boom(index, config):
+        calls.append(index)
+        if index == 2:
+            raise KeyboardInterrupt
+        return real(index, config)
+
+    real = world.sample
+    monkeypatch.setattr(world, "sample", boom)
+    with pytest.raises(KeyboardInterrupt):
+        world.export(out, 4, world.WorldConfig(size=16))
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # and the stale one is gone
+    monkeypatch.setattr(world, "sample", real)
+    assert (world.export(out, 4, world.WorldConfig(size=16)) / "scenes.jsonl").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+@pytest.mark.parametrize("n,config,message", [
+    (0, world.WorldConfig(), "--n must be"), (6, world.WorldConfig(siblings=4), "multiple"),
+    (4, world.WorldConfig(size=0), "--size must be"),
+    (4, world.WorldConfig(digit_fraction=float("nan")), "--digit-fraction"),
+    (4, world.WorldConfig(object_scale=float("nan")), "--object-scale")])
+def test_export_numbers_are_validated(tmp_path, n, config, message):
+    with pytest.raises(ClipagError, match=message):
+        world.export(tmp_path / "x", n, config)
+    assert not (tmp_path / "x").exists()

@@ -13,9 +13,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import random
 import re
+import shutil
 import tarfile
+import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -200,6 +204,9 @@ class WorldConfig:
     object_scale: float = 1.0  # multiplies object extents; three small objects fit up to 1.6
 
     def validate(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 8 <= self.size <= 4096:
+            raise ClipagError(f"--size must be a whole number of pixels in 8..4096, got "
+                              f"{self.size!r}")
         if not 0.5 <= self.object_scale <= MAX_OBJECT_SCALE:
             raise ClipagError(f"--object-scale must be in [0.5, {MAX_OBJECT_SCALE}], "
                               f"got {self.object_scale}")
@@ -262,11 +269,59 @@ def class_label(scene: Scene, by: tuple[str, ...] = ("shape",)) -> str:
 def export(out: Path, n: int, config: WorldConfig, layout: str = "captions",
            shard_size: int = 5000, class_by: tuple[str, ...] = ("shape",)) -> Path:
     """Write `n` items in a layout `clipag robustify` reads; also `scenes.jsonl` with the
-    ground truth of every item. The `classes` layout names each folder by `class_label`."""
+    ground truth of every item. The `classes` layout names each folder by `class_label`.
+    The dataset is written into a hidden folder beside `out` and renamed to `out` when
+    complete, so `out` is either absent or whole; an existing non-empty `out` is refused
+    (nothing is mixed into or replaced in it)."""
+    started = time.time()
     config.validate()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ClipagError(f"--n must be a whole number >= 1, got {n!r}")
+    if n % config.siblings:
+        raise ClipagError(f"--n {n} does not split into groups of --siblings "
+                          f"{config.siblings}: use a multiple of it")
+    if layout not in ("captions", "classes", "shards"):
+        raise ClipagError(f"unknown layout {layout!r}: captions, classes or shards")
+    if shard_size < 1:
+        raise ClipagError(f"shard size must be >= 1, got {shard_size}")
     class_label(sample_scene(random.Random(0)), class_by)  # refuse a bad `class_by` up front
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ClipagError(f"{out} exists and is not empty: export into a new folder (an "
+                          "export never mixes into or replaces an existing one)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale_exports(out, started)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    except OSError as exc:
+        raise ClipagError(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        _write_world(tmp, n, config, layout, shard_size, class_by)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
+        os.replace(tmp, out)  # onto an absent or empty folder: one rename
+    except OSError as exc:
+        raise ClipagError(f"cannot write {out}: {exc.strerror or exc} (nothing was "
+                          "written there)") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _clean_stale_exports(out: Path, before: float) -> None:
+    """Remove the hidden folders of exports to `out` killed before they finished (older than
+    this export's start)."""
+    prefix = f".{out.name}."
+    for path in out.parent.iterdir():
+        if (path.name.startswith(prefix) and path.name.endswith(".part") and path.is_dir()
+                and not path.is_symlink() and path.stat().st_mtime < before):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_world(out: Path, n: int, config: WorldConfig, layout: str, shard_size: int,
+                 class_by: tuple[str, ...]) -> None:
     truth = []
     if layout == "captions":
         for key, image, text, scene in items(n, config):
@@ -280,26 +335,25 @@ def export(out: Path, n: int, config: WorldConfig, layout: str = "captions",
             folder.mkdir(exist_ok=True)
             image.save(folder / f"{key}.png")
             truth.append({"key": key, "caption": text, **asdict(scene)})
-    elif layout == "shards":
-        tar = None
-        for i, (key, image, text, scene) in enumerate(items(n, config)):
-            if i % shard_size == 0:
-                if tar is not None:
-                    tar.close()
-                tar = tarfile.open(out / f"world-{i // shard_size:05d}.tar", "w")
-            for ext, data in ((".png", _png_bytes(image)), (".txt", text.encode())):
-                info = tarfile.TarInfo(key + ext)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            truth.append({"key": key, "caption": text, **asdict(scene)})
-        if tar is not None:
-            tar.close()
     else:
-        raise ClipagError(f"unknown layout {layout!r}: captions, classes or shards")
+        tar = None
+        try:
+            for i, (key, image, text, scene) in enumerate(items(n, config)):
+                if i % shard_size == 0:
+                    if tar is not None:
+                        tar.close()
+                    tar = tarfile.open(out / f"world-{i // shard_size:05d}.tar", "w")
+                for ext, data in ((".png", _png_bytes(image)), (".txt", text.encode())):
+                    info = tarfile.TarInfo(key + ext)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                truth.append({"key": key, "caption": text, **asdict(scene)})
+        finally:
+            if tar is not None:
+                tar.close()
     with open(out / "scenes.jsonl", "w", encoding="utf-8") as fh:
         for row in truth:
             fh.write(json.dumps(row) + "\n")
-    return out
 
 
 def _png_bytes(image: Image.Image) -> bytes:
