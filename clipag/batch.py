@@ -1,23 +1,55 @@
-"""Many prompts, many samples: plan the outputs, skip finished ones, batch the rest."""
+"""Many prompts, many samples, many processes: plan the outputs, skip finished ones, claim
+the rest one by one, batch them, write them.
+
+A task's identity is a key hashed from everything that decides its pixels (prompt, negatives,
+seed, settings, model); its sidecar records the key, so a finished file counts as done only
+for the task that made it. A task is written under its plain name `NNNN-prompt-sSEED.png`, or,
+where that name holds another task's files, under `NNNN-prompt-sSEED-KEY8.png`; both are
+stable, so rerunning resumes. Before computing, a process claims each task with a lock file
+created atomically beside the output (`.NAME.lock`: pid, host, time, key); a lock whose pid is
+dead on this host is stale and reclaimed. So any number of processes (or `torchrun` ranks,
+each taking its share of the planned batches) can work on one prompts file and one folder:
+every image is made once."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import re
+import socket
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-import torch
-
-from .augment import ViewConfig
 from .errors import ClipagError
-from .flow.crossflow import FlowInit
-from .generate import (GenerateConfig, Result, StepInfo, encode_targets, init_source,
-                       initial_images, optimise)
-from .models import Guide
-from .output import save_gif, save_png, save_sidecar, slug
-from .prompts import Job, parse_prompt, with_negatives
+from .generate import GenerateConfig, Generation, StepInfo, generate, with_recommended
+from .models import DEFAULT_PRESET, Guide, ModelSpec
+from .output import (companions, image_format, read_sidecar, save_gif, save_image, save_sidecar,
+                     slug)
+from .prompts import Job
+from .settings import SEED_MAX, SETTINGS, apply
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The run-level settings of `clipag generate` (the image settings are GenerateConfig)."""
+
+    samples: int = 1  # images per prompt, seeds seed, seed+1, ...
+    batch_size: int = 1  # consecutive tasks with equal settings optimised together
+    negative_weight: float = 0.5  # weight of each --negative text
+    seed: int = 0
+    outdir: str = "outputs"
+    overwrite: bool = False
+
+
+# settings that change no pixel of the image (save_every adds a GIF beside it): a rerun that
+# changes only them resumes
+NOT_IN_KEY = ("log_every", "view_batch", "save_every")
 
 
 @dataclass(frozen=True)
@@ -26,118 +58,416 @@ class Task:
 
     prompt: str
     negatives: tuple[str, ...]
+    negative_weight: float
     seed: int
     config: GenerateConfig
-    png: Path
+    key: str  # hash of everything that decides its pixels and files
+    names: tuple[Path, ...]  # where it may be written: the plain name, then one with its key
 
     @property
-    def sidecar(self) -> Path:
-        return self.png.with_suffix(".json")
-
-    @property
-    def gif(self) -> Path:
-        return self.png.with_suffix(".gif")
-
-    def done(self) -> bool:
-        return self.png.is_file()
+    def png(self) -> Path:
+        return self.names[0]
 
 
-GENERATE_FIELDS = {f.name for f in dataclasses.fields(GenerateConfig)} - {"views"}
-VIEW_FIELDS = {f.name for f in dataclasses.fields(ViewConfig)}
+# --- identity -------------------------------------------------------------------------------
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """A cheap identity for a weights file: its size and a hash of its first and last MiB
+    (any retrained or different file differs there; renaming or moving it does not)."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+        h.update(f.read(1 << 20))
+    return {"bytes": size, "sha256_ends": h.hexdigest()[:32]}
 
 
-def apply_settings(config: GenerateConfig, settings: dict[str, Any]) -> GenerateConfig:
-    """A config with per-line JSONL settings applied; unknown keys are an error."""
-    views, top = {}, {}
-    for key, value in settings.items():
-        if key in ("seed", "negative", "samples"):
-            continue
-        if key in VIEW_FIELDS:
-            views[key] = tuple(value) if isinstance(value, list) else value
-        elif key in GENERATE_FIELDS:
-            top[key] = value
-        else:
-            raise ClipagError(f"unknown setting {key!r} in prompts file")
-    return dataclasses.replace(config, views=dataclasses.replace(config.views, **views), **top)
+def model_identity(spec: ModelSpec) -> dict[str, Any]:
+    """What names the model before it is loaded: the preset or architecture name, the
+    pretrained tag, and a fingerprint of every weights file named (a checkpoint, or the files
+    of a guide mix)."""
+    name = spec.model if (spec.model or spec.checkpoint) else DEFAULT_PRESET
+    files = {}
+    for part in [spec.checkpoint or "", *re.split(r"[+*]", spec.model or "")]:
+        part = part.strip()
+        if part and Path(part).is_file():
+            try:
+                files[Path(part).name] = file_fingerprint(Path(part))
+            except OSError as exc:
+                raise ClipagError(f"cannot read {part}: {exc.strerror or exc}") from None
+    return {"model": name, "pretrained": spec.pretrained, "files": files}
 
 
-def plan(jobs: list[Job], config: GenerateConfig, outdir: Path, samples: int, seed: int,
-         negatives: tuple[str, ...] = (), output: Path | None = None) -> list[Task]:
-    """Every image to make, with a stable output name per (prompt, seed)."""
-    tasks = []
+def task_key(prompt: str, negatives: Sequence[str], negative_weight: float, seed: int,
+             config: GenerateConfig, model: dict[str, Any]) -> str:
+    settings = dataclasses.asdict(config)
+    for name in NOT_IN_KEY:
+        settings.pop(name, None)
+    identity = {"prompt": prompt, "negatives": list(negatives),
+                "negative_weight": negative_weight if negatives else None, "seed": seed,
+                "settings": settings, "model": model}
+    text = json.dumps(identity, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- planning -------------------------------------------------------------------------------
+
+def job_config(config: GenerateConfig, job: Job, recommended: Sequence[tuple[str, Any]] = (),
+               explicit: frozenset[str] = frozenset()) -> tuple[GenerateConfig, dict[str, Any]]:
+    """A job's settings applied over `config`, then the preset's recommended settings where
+    neither the command line (`explicit`, GenerateConfig field names) nor the line set one;
+    with what the recommendation changed. Checked without a model."""
+    values = {k: v for k, v in job.settings.items() if SETTINGS[k].path}
+    config = apply(config, values)
+    line_fields = {SETTINGS[k].path[-1].lstrip("*") for k in values}
+    config, changed = with_recommended(config, recommended, set(explicit) | line_fields)
+    try:
+        config.check()
+    except ClipagError as exc:
+        raise ClipagError(f"{job.where}: {exc}" if job.settings else str(exc)) from None
+    return config, changed
+
+
+def plan(jobs: list[Job], config: GenerateConfig, run: RunConfig, model: dict[str, Any],
+         negatives: tuple[str, ...] = (), output: Path | None = None,
+         recommended: Sequence[tuple[str, Any]] = (),
+         explicit: frozenset[str] = frozenset()) -> tuple[list[Task], dict[str, Any]]:
+    """Every image to make, with stable output names, and the recommended settings applied
+    (by setting name). Pure: it reads no output folder, so every process plans the same."""
+    tasks, changed = [], {}
+    outdir = Path(run.outdir)
     for j, job in enumerate(jobs):
-        job_config = apply_settings(config, job.settings)
-        job_negatives = negatives + tuple(
-            [job.settings["negative"]] if isinstance(job.settings.get("negative"), str)
-            else job.settings.get("negative", ()))
-        base_seed = int(job.settings.get("seed", seed))
-        for s in range(int(job.settings.get("samples", samples))):
-            task_seed = base_seed + s
-            if output is not None and len(jobs) == 1 and samples == 1:
-                png = output
+        cfg, rec = job_config(config, job, recommended, explicit)
+        changed.update(rec)
+        line = job.settings
+        job_negatives = negatives + tuple(line.get("negative", ()))
+        weight = line.get("negative_weight", run.negative_weight)
+        base_seed, samples = line.get("seed", run.seed), line.get("samples", run.samples)
+        if base_seed + samples - 1 > SEED_MAX:
+            raise ClipagError(f"{job.where}: seeds {base_seed}..{base_seed + samples - 1} "
+                              f"pass the largest seed {SEED_MAX}")
+        for s in range(samples):
+            seed = base_seed + s
+            key = task_key(job.prompt, job_negatives, weight, seed, cfg, model)
+            if output is not None:
+                names = (output,)
             else:
-                png = outdir / f"{j:04d}-{slug(job.prompt)}-s{task_seed}.png"
-            tasks.append(Task(job.prompt, job_negatives, task_seed, job_config, png))
-    names = [t.png for t in tasks]
-    if len(set(names)) != len(names):
-        raise ClipagError("two outputs would share one file name; vary --seed or the prompts")
-    return tasks
+                stem = f"{j:04d}-{slug(job.prompt)}-s{seed}"
+                names = (outdir / f"{stem}.png", outdir / f"{stem}-{key[:8]}.png")
+            tasks.append(Task(job.prompt, job_negatives, weight, seed, cfg, key, names))
+    if output is not None:
+        if len(tasks) > 1:
+            raise ClipagError("--output names one file; use --outdir for several images")
+        image_format(output)
+        if output.exists() and output.is_dir():
+            raise ClipagError(f"--output {output} is a folder")
+        if not run.overwrite:
+            for path in companions(output, frames=bool(tasks[0].config.save_every)):
+                if path.exists():
+                    raise ClipagError(f"{path} exists; pass --overwrite to replace it")
+    return tasks, changed
 
 
-def batches(tasks: list[Task], batch_size: int) -> Iterator[list[Task]]:
+def batches(tasks: list[Task], batch_size: int) -> list[list[Task]]:
     """Consecutive tasks with identical settings, at most `batch_size` at a time."""
-    group: list[Task] = []
+    out: list[list[Task]] = []
     for task in tasks:
-        if group and (len(group) == batch_size or task.config != group[0].config):
-            yield group
-            group = []
-        group.append(task)
-    if group:
-        yield group
+        if (out and len(out[-1]) < batch_size and task.config == out[-1][0].config
+                and task.negative_weight == out[-1][0].negative_weight):
+            out[-1].append(task)
+        else:
+            out.append([task])
+    return out
 
 
-def run_batch(guide: Guide, group: list[Task], model_info: dict[str, Any],
-              on_step: Callable[[StepInfo], None] | None = None,
-              negative_weight: float = 0.5) -> Result:
-    """Make and save one batch of images with the same settings."""
-    config = group[0].config
-    size = config.validate(guide)
-    prompts = [with_negatives(parse_prompt(t.prompt), list(t.negatives), negative_weight)
-               for t in group]
-    targets = encode_targets(guide, prompts)
-    start = time.perf_counter()
-    seeds = [t.seed for t in group]
-    source = init_source(config, guide)
-    init = initial_images(guide, targets, config, size, seeds, source, prompts)
-    torch.manual_seed(seeds[0])  # the augmentations' randomness
-    result = optimise(guide, targets, init, config, on_step)
-    seconds = (time.perf_counter() - start) / len(group)
-    for b, task in enumerate(group):
-        meta = {"prompt": task.prompt, "parsed": [dataclasses.asdict(p) for p in prompts[b]],
-                "negatives": list(task.negatives), "seed": task.seed, "size": size,
-                "model": model_info, "settings": _jsonable(dataclasses.asdict(config)),
-                "init": init_name(config, source),
-                "batch": len(group), "best_loss": result.best_loss[b],
-                "score": result.score[b], "seconds": round(seconds, 3),
-                "device": str(guide.device), "torch": torch.__version__}
-        if result.frames:
-            save_gif(task.gif, [f[b] for f in result.frames] + [result.images[b]])
-        save_sidecar(task.sidecar, meta)
-        save_png(task.png, result.images[b], meta)
+def share(groups: list[list[Task]], rank: int, world: int) -> list[list[Task]]:
+    """This rank's batches: every world-th planned batch, so a batch holds the same images
+    whatever the number of processes."""
+    return groups[rank::world]
+
+
+def rank_and_world(env: dict[str, str] | None = None) -> tuple[int, int, int]:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) as torchrun sets them; (0, 1, 0) when unset."""
+    env = os.environ if env is None else env
+    try:
+        rank, world = int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise ClipagError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ClipagError(f"RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local}: need "
+                          "0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
+    return rank, world, local
+
+
+# --- what the folder holds ------------------------------------------------------------------
+
+def state(png: Path, key: str) -> str:
+    """What is at an output name for the task `key`: "done" (its image and a sidecar recording
+    this task), "ours" (a sidecar of this task, no image: an interrupted write), "free"
+    (nothing) or "taken" (another task's or someone's files)."""
+    files = [p for p in companions(png) if p.exists()]
+    if not files:
+        return "free"
+    meta = read_sidecar(png.with_suffix(".json"))
+    if meta is None or meta.get("task") != key:
+        return "taken"
+    return "done" if png.is_file() else "ours"
+
+
+def finished(task: Task) -> Path | None:
+    """Where the task's finished image is, if anywhere."""
+    for png in task.names:
+        if state(png, task.key) == "done":
+            return png
+    return None
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse, before any work, a folder that cannot be written: test by creating and removing
+    a file in it (or in its nearest existing parent, which is not created here)."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ClipagError(f"cannot write to {folder}: {probe} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".clipag-write-test.", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ClipagError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+# --- claims ---------------------------------------------------------------------------------
+
+HOST = socket.gethostname()
+
+
+def lock_path(png: Path) -> Path:
+    return png.with_name(f".{png.name}.lock")
+
+
+def _read_lock(lock: Path) -> tuple[bytes, dict[str, Any] | None]:
+    try:
+        raw = lock.read_bytes()
+    except OSError:
+        return b"", None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return raw, None
+    return raw, info if isinstance(info, dict) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def is_stale(lock: Path, info: dict[str, Any] | None, grace: float = 30.0) -> bool:
+    """A lock is stale when its pid is dead on this host, or when it is unreadable and older
+    than `grace` seconds (a process killed between creating and writing it). Locks of other
+    hosts are never judged here: delete them by hand if that host is gone."""
+    if info is None:
+        try:
+            return time.time() - lock.stat().st_mtime > grace
+        except OSError:
+            return False
+    if info.get("host") != HOST or not isinstance(info.get("pid"), int):
+        return False
+    return not _pid_alive(info["pid"])
+
+
+def _remove_if_unchanged(lock: Path, raw: bytes) -> None:
+    """Remove `lock` if it still holds `raw`: move it aside atomically, compare, and put back a
+    lock another process wrote meanwhile."""
+    aside = lock.with_name(f"{lock.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.stale")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return
+    try:
+        if aside.read_bytes() != raw:
+            try:
+                os.link(aside, lock)
+            except FileExistsError:
+                pass
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Lock:
+    path: Path
+    raw: bytes
+
+    def release(self) -> None:
+        """Remove the lock if it is still this one."""
+        try:
+            if self.path.read_bytes() == self.raw:
+                self.path.unlink()
+        except OSError:
+            pass
+
+
+def try_lock(png: Path, key: str) -> tuple[Lock | None, dict[str, Any] | None]:
+    """Claim an output name: (the lock, None), or (None, what the live holder wrote)."""
+    lock = lock_path(png)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    raw = json.dumps({"pid": os.getpid(), "host": HOST, "time": time.time(), "task": key,
+                      "token": uuid.uuid4().hex}).encode()
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held, info = _read_lock(lock)
+            if not held and not lock.exists():
+                continue  # released between our open and read
+            if is_stale(lock, info):
+                _remove_if_unchanged(lock, held)
+                continue
+            return None, info or {}
+        try:
+            os.write(fd, raw)
+        finally:
+            os.close(fd)
+        return Lock(lock, raw), None
+    return None, {}
+
+
+@dataclass
+class Claim:
+    task: Task
+    png: Path  # the name it will be written under
+    lock: Lock
+
+
+def claim(task: Task, overwrite: bool = False) -> tuple[Claim | None, str]:
+    """Claim a task: (the claim, "claimed"), or (None, why not: "done" or "busy", a live
+    process of this or another run making it)."""
+    if not overwrite and finished(task):
+        return None, "done"
+    names = task.names[:1] if overwrite else task.names
+    for png in names:
+        if not overwrite and state(png, task.key) == "taken":
+            continue
+        lock, holder = try_lock(png, task.key)
+        if lock is None:
+            if holder and holder.get("task") not in (None, task.key) and not overwrite:
+                continue  # another task is being written under this name: take the next
+            return None, "busy"
+        now = state(png, task.key)
+        if not overwrite and now != "free" and now != "ours":
+            lock.release()
+            if now == "done":
+                return None, "done"
+            continue
+        return Claim(task, png, lock), "claimed"
+    taken = ", ".join(str(p) for p in names)
+    raise ClipagError(f"no free output name for {task.prompt!r} seed {task.seed}: {taken} hold "
+                      "other files; move them or use another --outdir")
+
+
+def claim_batch(group: list[Task], overwrite: bool = False) -> tuple[list[Claim], dict[str, int]]:
+    claims, counts = [], {"done": 0, "busy": 0}
+    try:
+        for task in group:
+            c, why = claim(task, overwrite)
+            if c is None:
+                counts[why] += 1
+            else:
+                claims.append(c)
+    except BaseException:
+        release(claims)
+        raise
+    return claims, counts
+
+
+def release(claims: list[Claim]) -> None:
+    for c in claims:
+        c.lock.release()
+
+
+_PART = re.compile(r"^\.(?P<name>.+\.(?:png|json|gif|jpe?g|webp))\.[A-Za-z0-9_]{8}\.part$")
+_ASIDE = re.compile(r"^\..+\.lock\.\d+\.[0-9a-f]{8}\.stale$")
+
+
+def sweep(folder: Path, before: float, names: set[str] | None = None) -> int:
+    """Clear what killed runs left in `folder`: stale locks, and hidden `.NAME.*.part`
+    temporaries older than `before` (the run's start) whose output is not claimed by a live
+    process; with `names`, only those outputs' files. Returns how many files went."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in folder.iterdir():
+        n = entry.name
+        if not n.startswith("."):
+            continue
+        try:
+            if n.endswith(".lock"):
+                if names is not None and n[1:-5] not in names:
+                    continue
+                raw, info = _read_lock(entry)
+                if raw and is_stale(entry, info):
+                    _remove_if_unchanged(entry, raw)
+                    removed += not entry.exists()
+            elif (m := _PART.match(n)) is not None:
+                png = Path(m["name"]).with_suffix("")
+                owners = [f".{png.name}{ext}.lock" for ext in (".png", ".jpg", ".jpeg", ".webp")]
+                if names is not None and not any(o[1:-5] in names for o in owners):
+                    continue
+                live = any((folder / o).exists() and not is_stale(folder / o,
+                                                                  _read_lock(folder / o)[1])
+                           for o in owners)
+                if entry.stat().st_mtime < before and not live:
+                    entry.unlink()
+                    removed += 1
+            elif _ASIDE.match(n) and entry.stat().st_mtime < before:
+                entry.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+# --- computing and writing ------------------------------------------------------------------
+
+class WriteError(ClipagError):
+    """An output could not be written (disk full, permissions...)."""
+
+
+def run_batch(guide: Guide, claims: list[Claim], model_info: dict[str, Any],
+              on_step: Callable[[StepInfo], None] | None = None) -> Generation:
+    """Make and save one batch of claimed images with the same settings: GIF, sidecar, then
+    the image last, each atomically."""
+    tasks = [c.task for c in claims]
+    config = tasks[0].config
+    result = generate([t.prompt for t in tasks], guide, config, [t.seed for t in tasks],
+                      [list(t.negatives) for t in tasks], tasks[0].negative_weight, on_step)
+    for b, c in enumerate(claims):
+        meta = {**result.records[b], "model": model_info, "task": c.task.key,
+                "negative_weight": c.task.negative_weight}
+        path = c.png
+        try:
+            if result.frames:
+                path = c.png.with_suffix(".gif")
+                save_gif(path, [f[b] for f in result.frames] + [result.images[b]])
+            path = c.png.with_suffix(".json")
+            save_sidecar(path, meta)
+            path = c.png
+            save_image(path, result.images[b], meta)
+        except OSError as exc:
+            raise WriteError(f"could not write {path}: {exc.strerror or exc}") from None
     return result
-
-
-def init_name(config: GenerateConfig, source) -> str:
-    if config.init_image:
-        return "image"
-    if isinstance(source, FlowInit):
-        return "crossflow"
-    return "gmm" if source is not None else "noise"
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return list(value)
-    return value

@@ -1,9 +1,11 @@
-"""Writing results: PNG with the settings in its metadata, a JSON sidecar, GIF of frames.
-Every file is written atomically; the PNG is written last, so its presence means done."""
+"""Writing results: an image (PNG with the settings in its metadata, or JPEG/WebP), a strict
+JSON sidecar, a GIF of frames. Every file is written atomically; the image is written last,
+so its presence means done."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,44 @@ from .errors import ClipagError
 from .fileio import write_atomic, write_text_atomic
 
 PNG_KEY = "clipag"
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def image_format(path: Path) -> str:
+    """The Pillow format an output name asks for, from its suffix; others are refused."""
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ClipagError(f"cannot write an image to {path}: name it .png, .jpg, .jpeg or .webp")
+    return fmt
+
+
+def companions(path: Path, frames: bool = True) -> list[Path]:
+    """The files an output writes: its sidecar, its GIF (with frames) and the image itself,
+    in the order they are written."""
+    path = Path(path)
+    return [path.with_suffix(".json"), *([path.with_suffix(".gif")] if frames else []), path]
+
+
+def finite_json(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """`value` with every non-finite float replaced by None, and the keys that were replaced:
+    what a strict JSON writer can take."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [where or "value"]
+    if isinstance(value, dict):
+        out, bad = {}, []
+        for k, v in value.items():
+            out[k], b = finite_json(v, f"{where}.{k}" if where else str(k))
+            bad += b
+        return out, bad
+    if isinstance(value, (list, tuple)):
+        pairs = [finite_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [v for v, _ in pairs], [b for _, bs in pairs for b in bs]
+    return value, []
+
+
+def to_json(meta: dict[str, Any], **kwargs) -> str:
+    """Strict JSON (no NaN or Infinity: non-finite numbers become null)."""
+    return json.dumps(finite_json(meta)[0], allow_nan=False, sort_keys=True, **kwargs)
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -30,9 +70,19 @@ def slug(text: str, limit: int = 60) -> str:
 
 def save_png(path: Path, image: torch.Tensor, meta: dict[str, Any]) -> Path:
     info = PngImagePlugin.PngInfo()
-    info.add_text(PNG_KEY, json.dumps(meta, sort_keys=True))
+    info.add_text(PNG_KEY, to_json(meta))
     pil = to_pil(image)
     return write_atomic(path, lambda tmp: pil.save(tmp, format="PNG", pnginfo=info))
+
+
+def save_image(path: Path, image: torch.Tensor, meta: dict[str, Any]) -> Path:
+    """The image in the format its suffix names; a PNG carries `meta` in its metadata."""
+    fmt = image_format(path)
+    if fmt == "PNG":
+        return save_png(path, image, meta)
+    pil = to_pil(image)
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    return write_atomic(path, lambda tmp: pil.save(tmp, format=fmt, **options))
 
 
 def read_png_meta(path: Path) -> dict[str, Any]:
@@ -44,11 +94,24 @@ def read_png_meta(path: Path) -> dict[str, Any]:
         raise ClipagError(f"cannot read {path}: {exc}") from None
     if raw is None:
         raise ClipagError(f"{path} carries no clipag metadata")
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ClipagError(f"{path}: its clipag metadata is not valid JSON") from None
 
 
 def save_sidecar(path: Path, meta: dict[str, Any]) -> Path:
-    return write_text_atomic(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    """`meta` as strict JSON (non-finite numbers written as null)."""
+    return write_text_atomic(path, to_json(meta, indent=2) + "\n")
+
+
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """A sidecar's settings, or None where it is missing, unreadable or not a JSON object."""
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def save_gif(path: Path, frames: list[torch.Tensor], ms_per_frame: int = 100) -> Path:

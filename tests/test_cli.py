@@ -37,19 +37,22 @@ def test_generate_writes_png_sidecar_and_metadata(tmp_path, tiny_checkpoint):
                *FAST).exit_code == 0
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"prompt": "a cat", "tv_weight": -1}', "--tv must be >= 0"),
-    ('{"prompt": "a cat", "steps": 0}', "--steps must be >= 1"),
+@pytest.mark.parametrize("flag, flag_message, line, line_message", [
+    (["--tv", "-1"], "'--tv': '-1' must be a finite number >= 0",
+     '{"prompt": "a cat", "tv_weight": -1}', "p.jsonl:1: 'tv_weight' must be a finite number >= 0"),
+    (["--steps", "0"], "0 is not in the range 1<=x<=1000000",
+     '{"prompt": "a cat", "steps": 0}', "p.jsonl:1: 'steps' must be a whole number >= 1"),
 ])
-def test_bad_settings_are_refused_before_any_model_loads(tmp_path, line, message):
+def test_bad_settings_are_refused_before_any_model_loads(tmp_path, flag, flag_message, line,
+                                                        line_message):
     # the checkpoint does not exist: an error about it would mean the model was loaded first
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(line + "\n")
     missing = tmp_path / "missing.safetensors"
-    for args in (["a cat", "--tv", "-1", "-o", tmp_path / "x.png"] if "tv" in line else
-                 ["a cat", "--steps", "0", "-o", tmp_path / "x.png"], ["-f", prompts]):
+    for args, message in ((["a cat", *flag, "-o", tmp_path / "x.png"], flag_message),
+                          (["-f", prompts], line_message)):
         result = run("generate", *args, "-c", missing, "-d", tmp_path / "out")
-        assert result.exit_code != 0 and message in result.output, result.output
+        assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
 
@@ -77,7 +80,7 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
 
 @pytest.mark.parametrize("args,message", [
     (["generate", "a cat", "-c", "/nonexistent/model.pt"], "checkpoint not found"),
-    (["generate", "a cat", "--size", "3"], "impossible size"),
+    (["generate", "a cat", "--size", "3"], "3 is not in the range 8<=x<=4096"),
     (["generate", "a cat", "-c", "world-robust"],
      "world-robust is a preset, not a file: use --model world-robust"),
     (["generate", "a cat", "--device", "cuda"], "no CUDA device"),
@@ -85,12 +88,12 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
     (["generate", "a cat", "--scales", "16,x"], "comma-separated list of sides"),
     (["generate", "a cat", "--scales", "64", "--size", "32"], "--scales must rise"),
     (["generate", "a cat", "--init", "missing.safetensors"], "--init"),
-    (["generate", "a cat", "--jitter", "3"], "--jitter must be in [0, 2]"),
-    (["generate", "a cat", "--cutout", "1", "--size", "32"], "--cutout must be in [0, 1)"),
-    (["generate", "a cat", "--tv", "-1", "--size", "32"], "--tv must be >= 0"),
-    (["generate", "a cat", "--noise", "-1", "--size", "32"], "--noise must be >= 0"),
+    (["generate", "a cat", "--jitter", "3"], "'3' must be a finite number >= 0 and <= 2"),
+    (["generate", "a cat", "--cutout", "1", "--size", "32"], "'1' must be a finite number >= 0 and < 1"),
+    (["generate", "a cat", "--tv", "-1", "--size", "32"], "'-1' must be a finite number >= 0"),
+    (["generate", "a cat", "--noise", "-1", "--size", "32"], "'-1' must be a finite number >= 0"),
     (["robustify", "d", "-o", "m.safetensors", "--model", "clipag-tiny", "--pretrained", "none",
-      "--noise", "-1"], "--noise must be >= 0"),
+      "--noise", "-1"], "'-1' must be a finite number >= 0"),
     (["bench", "pag", "--threshold", "1", "--prompts", "1", "-o", "b"], "--threshold must be in"),
     (["bench", "init", "--tv", "-1", "--prompts", "1", "-o", "b"], "--tv must be >= 0"),
     # settings are checked before any model is loaded: the missing guide is never reached
