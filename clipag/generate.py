@@ -245,28 +245,13 @@ def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config:
     frames = []
     n_global, n_patch = config.views.global_views, config.views.patch_views
     use_amp = config.amp and device.type == "cuda"
-    rows = b * (n_global + n_patch)
-    chunked = 0 < config.view_batch < rows
-    if chunked:
-        owner, share = _view_rows(b, config, device)
+    rows = view_rows(b, config, device)
     for step in range(1, config.steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        if chunked:
-            loss_g, loss_p = _chunked_backward(guide, views, pixels, targets, config, owner,
-                                               share, use_amp)
-        else:
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                global_views, patch_views = views(pixels)
-                emb = guide.encode_images(torch.cat([global_views, patch_views]))
-            dim = emb.shape[-1]
-            emb_g = emb[:b * n_global].view(b, n_global, dim)
-            emb_p = emb[b * n_global:].view(b, n_patch, dim)
-            loss_g = weighted_distance(emb_g, targets) if n_global else torch.zeros(b, device=device)
-            loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
-            loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()
-            if config.tv_weight:
-                loss = loss + config.tv_weight * smoothness(pixels).sum()
-            loss.backward()
+        loss_g, loss_p = step_gradient(guide, views, pixels, targets, config, rows, use_amp)
+        # a non-finite gradient (an fp16 overflow, a NaN from the model) moves nothing, rather
+        # than turning the pixels into NaN for the rest of the run
+        pixels.grad = torch.nan_to_num(pixels.grad, nan=0.0, posinf=0.0, neginf=0.0)
         if config.grad_clip:
             pixels.grad = _clip_per_image(pixels.grad, config.grad_clip)
         tracked = (loss_g if n_global else loss_p).detach()
@@ -292,12 +277,15 @@ def guide_score(guide: Guide, images: torch.Tensor, targets: Targets) -> torch.T
         return similarity(guide.encode_images(x), targets)
 
 
-def _view_rows(b: int, config: GenerateConfig, device: torch.device
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row of a step's view batch (global views image by image, then patch views):
-    the image it shows and its share of the loss (global_weight / G or patch_weight / P), so
-    that summing share * distance over the rows gives the unchunked loss."""
+def view_rows(b: int, config: GenerateConfig, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """None when a step's B * (G + P) views go through the model in one pass; else, for each
+    row of the view batch (global views image by image, then patch views), the image it shows
+    and its share of the loss (global_weight / G or patch_weight / P), so that the sum over
+    rows of share * distance is the unchunked loss."""
     n_global, n_patch = config.views.global_views, config.views.patch_views
+    if not 0 < config.view_batch < b * (n_global + n_patch):
+        return None
     owner = torch.cat([torch.arange(b).repeat_interleave(n_global),
                        torch.arange(b).repeat_interleave(n_patch)])
     share = torch.cat([torch.full((b * n_global,), config.global_weight / max(n_global, 1)),
@@ -305,19 +293,35 @@ def _view_rows(b: int, config: GenerateConfig, device: torch.device
     return owner.to(device), share.to(device)
 
 
-def _chunked_backward(guide: Guide, views: Views, pixels: torch.Tensor, targets: Targets,
-                      config: GenerateConfig, owner: torch.Tensor, share: torch.Tensor,
-                      use_amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accumulate the step's pixel gradient pushing `config.view_batch` views through the
-    model at a time. All views are drawn at once (the same randomness as one pass); each
-    chunk's loss is its share of the full loss, and its gradient is carried back to the
-    views, then through the augmentations to the pixels in one pass, with the TV penalty
-    added once. Returns the per-image global and patch losses (B,), detached."""
+def step_gradient(guide: Guide, views: Views, pixels: torch.Tensor, targets: Targets,
+                  config: GenerateConfig, rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  use_amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one step's views of `pixels` (B, 3, H, W), leaf) and accumulate the loss's
+    gradient into `pixels.grad`; return the per-image global and patch losses (B,), detached.
+
+    With `rows` (from `view_rows`), the views go through the model `config.view_batch` at a
+    time: all views are still drawn at once (the same randomness as one pass), each chunk's
+    loss is its share of the full loss and its gradient is carried back to the views, then
+    through the augmentations to the pixels in one pass, with the TV penalty added once."""
     device, b = pixels.device, pixels.shape[0]
     n_global, n_patch = config.views.global_views, config.views.patch_views
     with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
         global_views, patch_views = views(pixels)
         batch = torch.cat([global_views, patch_views])
+        if rows is None:
+            emb = guide.encode_images(batch)
+    if rows is None:
+        dim = emb.shape[-1]
+        emb_g = emb[:b * n_global].view(b, n_global, dim)
+        emb_p = emb[b * n_global:].view(b, n_patch, dim)
+        loss_g = weighted_distance(emb_g, targets) if n_global else torch.zeros(b, device=device)
+        loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
+        loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()
+        if config.tv_weight:
+            loss = loss + config.tv_weight * smoothness(pixels).sum()
+        loss.backward()
+        return loss_g.detach(), loss_p.detach()
+    owner, share = rows
     leaf = batch.detach().requires_grad_(True)
     distances = []
     for i in range(0, len(leaf), config.view_batch):

@@ -207,3 +207,206 @@ def test_bad_mixture_file(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"nonsense")
     with pytest.raises(ClipagError):
         GaussianMixture.load(tmp_path / "x.safetensors")
+
+
+RECORD_KEYS = {"prompt", "parsed", "negatives", "seed", "size", "model", "settings", "init",
+               "batch", "best_loss", "score", "seconds", "device", "torch"}
+
+
+def test_generate_records_are_json_ready_and_complete(tiny_guide):
+    import json
+
+    config = dataclasses.replace(SMALL, steps=2, scales=())
+    made = generate(["a red circle:1 | a square:0.5", "a blue square"], tiny_guide, config,
+                    negatives=[["green"], []], negative_weight=0.25)
+    assert made.images.shape == (2, 3, 32, 32) and made.images.device.type == "cpu"
+    first, second = made.records
+    assert set(first) == RECORD_KEYS
+    assert [first["seed"], second["seed"]] == [0, 1]  # seeds default to 0..B-1
+    assert first["parsed"] == [{"text": "a red circle", "weight": 1.0},
+                               {"text": "a square", "weight": 0.5},
+                               {"text": "green", "weight": -0.25}]
+    assert first["negatives"] == ["green"] and second["negatives"] == []
+    assert first["init"] == "noise" and first["size"] == 32 and first["batch"] == 2
+    assert first["settings"]["views"]["saturation"] == [0.0, 2.0]  # tuples as lists
+    assert first["settings"]["steps"] == 2 and first["device"] == "cpu"
+    json.dumps(made.records, allow_nan=False)  # finite numbers only
+    again = generate(["a red circle:1 | a square:0.5", "a blue square"], tiny_guide, config,
+                     seeds=[0, 1], negatives=[["green"], []], negative_weight=0.25)
+    assert torch.equal(again.images, made.images)
+
+
+def test_generate_one_negative_list_for_all_prompts(tiny_guide):
+    config = dataclasses.replace(SMALL, steps=1)
+    made = generate(["a", "b"], tiny_guide, config, seeds=[5, 9], negatives=["x", "y"])
+    assert [r["negatives"] for r in made.records] == [["x", "y"], ["x", "y"]]
+    assert [r["seed"] for r in made.records] == [5, 9]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"prompts": []}, "no prompts"),
+    ({"seeds": [1]}, "1 seeds for 2 prompts"),
+    ({"seeds": [1, -2]}, "--seed must be a whole number"),
+    ({"negatives": [["x"]]}, "one list per prompt"),
+    ({"negative_weight": float("nan")}, "--negative-weight must be a finite number"),
+    ({"prompts": ["a", "b:-1"]}, "no positive part"),
+])
+def test_generate_bad_input(tiny_guide, kwargs, message):
+    args = {"prompts": ["a", "b"], "model": tiny_guide, "config": SMALL} | kwargs
+    with pytest.raises(ClipagError, match=message):
+        generate(**args)
+
+
+def test_a_nan_step_moves_nothing_and_records_stay_finite(tiny_guide, monkeypatch):
+    import json
+
+    real = tiny_guide.encode_images
+    calls = []
+
+    def flaky(images):  # the second step's forward pass gives NaN
+        calls.append(1)
+        out = real(images)
+        return out * float("nan") if len(calls) == 2 else out
+
+    monkeypatch.setattr(tiny_guide, "encode_images", flaky)
+    losses = []
+    config = dataclasses.replace(SMALL, steps=6, save_every=1)
+    made = generate(["a red circle"], tiny_guide, config,
+                    on_step=lambda i: losses.append(i.loss.item()))
+    assert len(losses) == 6 and losses[1] != losses[1]  # step 2 was NaN
+    assert torch.isfinite(made.images).all() and all(torch.isfinite(f).all() for f in made.frames)
+    assert (made.frames[-1] - made.frames[1]).abs().max() > 1e-3  # it went on moving
+    finite = [x for x in losses if x == x]
+    assert made.records[0]["best_loss"] == pytest.approx(min(finite), abs=1e-6)
+    json.dumps(made.records, allow_nan=False)
+
+
+def test_a_run_with_no_finite_loss_records_none(tiny_guide, monkeypatch):
+    real = tiny_guide.encode_images
+    monkeypatch.setattr(tiny_guide, "encode_images", lambda x: real(x) * float("nan"))
+    made = generate(["a red circle"], tiny_guide, dataclasses.replace(SMALL, steps=2))
+    assert made.records[0]["best_loss"] is None and made.records[0]["score"] is None
+    assert torch.isfinite(made.images).all()
+
+
+def test_weight_decay_pulls_pixels_down(tiny_guide):
+    config = dataclasses.replace(SMALL, steps=4, threshold=0.0, save_every=4)
+    plain = generate(["a red circle"], tiny_guide, config)
+    decayed = generate(["a red circle"], tiny_guide, dataclasses.replace(config, weight_decay=5.0))
+    assert decayed.frames[-1].mean() < plain.frames[-1].mean() - 0.05
+    assert decayed.records[0]["settings"]["weight_decay"] == 5.0
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"lr": NAN}, "--lr must be a finite number > 0, got nan"),
+    ({"lr": 0.0}, "--lr must be > 0, got 0.0"),
+    ({"lr": "0.1"}, "--lr must be a finite number > 0, got '0.1'"),
+    ({"weight_decay": INF}, "--weight-decay must be a finite number >= 0, got inf"),
+    ({"weight_decay": -1.0}, "--weight-decay must be >= 0, got -1.0"),
+    ({"grad_clip": NAN}, "--grad-clip must be a finite number >= 0"),
+    ({"global_weight": -INF}, "--global-weight must be a finite number >= 0, got -inf"),
+    ({"patch_weight": NAN}, "--patch-weight must be a finite number"),
+    ({"threshold": NAN}, "--threshold must be a finite number in [0, 1)"),
+    ({"threshold": 1.0}, "--threshold must be in [0, 1), got 1.0"),
+    ({"tv_weight": NAN}, "--tv must be a finite number >= 0"),
+    ({"tv_weight": -1.0}, "--tv must be >= 0"),
+    ({"steps": 0}, "--steps must be >= 1, got 0"),
+    ({"steps": 2.5}, "--steps must be a whole number >= 1, got 2.5"),
+    ({"steps": True}, "--steps must be a whole number"),
+    ({"log_every": 0}, "--log-every must be >= 1"),
+    ({"save_every": -1}, "--save-every must be >= 0"),
+    ({"init_candidates": 0}, "--init-candidates must be >= 1"),
+    ({"view_batch": -1}, "--view-batch must be >= 0"),
+    ({"view_batch": 1.5}, "--view-batch must be a whole number"),
+    ({"size": 32.0}, "--size must be a whole number"),
+    ({"scales": (8.5,)}, "--scales must be a whole number"),
+    ({"views": ViewConfig(noise=NAN)}, "--noise must be a finite number >= 0"),
+    ({"views": ViewConfig(cutout=INF)}, "--cutout must be a finite number in [0, 1)"),
+    ({"views": ViewConfig(patch_fraction=NAN)}, "--patch-fraction must be a finite number"),
+    ({"views": ViewConfig(brightness=NAN)}, "--brightness must be a finite number"),
+    ({"views": ViewConfig(saturation=(0.0, NAN))}, "--saturation must be a finite number"),
+    ({"views": ViewConfig(contrast=(1.5, 0.5))}, "--contrast must be a (low, high) pair"),
+    ({"views": ViewConfig(scale=(0.0, 1.0))}, "--scale must be > 0"),
+    ({"views": ViewConfig(translate=NAN)}, "--translate must be a finite number"),
+    ({"views": ViewConfig(global_views=-1)}, "--views must be >= 0, got -1"),
+    ({"views": ViewConfig(patch_views=2.0)}, "--patch-views must be a whole number"),
+    ({"views": ViewConfig(global_views=0, patch_views=0)}, "at least one view"),
+])
+def test_check_refuses_non_finite_and_out_of_range_settings(change, message):
+    import re
+
+    with pytest.raises(ClipagError, match=re.escape(message)):
+        dataclasses.replace(SMALL, **change).check()
+
+
+@pytest.mark.parametrize("field,message", [
+    ("guidance", "--flow-guidance must be a finite number >= 0, got nan"),
+    ("temperature", "--flow-temperature must be a finite number >= 0, got nan"),
+])
+def test_check_refuses_non_finite_flow_settings(field, message):
+    import re
+
+    from clipag.flow.crossflow import SampleConfig
+
+    for init in ("noise", "crossflow"):  # checked whatever the init
+        config = dataclasses.replace(SMALL, init=init, flow=SampleConfig(**{field: NAN}))
+        with pytest.raises(ClipagError, match=re.escape(message)):
+            config.check()
+
+
+def test_defaults_pass_the_checks():
+    GenerateConfig().check()
+    SMALL.check()
+
+
+WORLD = (("scales", (8, 16, 32)), ("patch_views", 0), ("cutout", 0.0), ("tv_weight", 0.3))
+
+
+def test_with_recommended_applies_what_the_user_did_not_set():
+    from clipag.generate import with_recommended
+
+    config, changed = with_recommended(GenerateConfig(), WORLD, set())
+    assert config.scales == (8, 16, 32) and config.views.patch_views == 0
+    assert config.views.cutout == 0.0 and config.tv_weight == 0.3
+    assert changed == {"scales": (8, 16, 32), "patch_views": 0, "cutout": 0.0, "tv_weight": 0.3}
+    assert config.views.global_views == GenerateConfig().views.global_views  # untouched
+
+    mine = dataclasses.replace(GenerateConfig(), tv_weight=0.0, scales=(16,))
+    config, changed = with_recommended(mine, WORLD, {"tv_weight", "scales"})
+    assert config.tv_weight == 0.0 and config.scales == (16,)
+    assert set(changed) == {"patch_views", "cutout"}
+
+
+def test_with_recommended_drops_scales_when_steps_are_too_few():
+    from clipag.generate import with_recommended
+
+    few, changed = with_recommended(dataclasses.replace(GenerateConfig(), steps=3), WORLD, set())
+    assert few.scales == () and "scales" not in changed and few.tv_weight == 0.3
+    enough, changed = with_recommended(dataclasses.replace(GenerateConfig(), steps=4), WORLD,
+                                       set())
+    assert enough.scales == (8, 16, 32) and changed["scales"] == (8, 16, 32)
+
+
+def test_with_recommended_jitter_lists_and_no_ops():
+    from clipag.generate import with_recommended
+
+    config, changed = with_recommended(GenerateConfig(), [("jitter", 0.0), ("scales", [8])],
+                                       set())
+    assert config.views.brightness == 0.0 and config.views.saturation == (1.0, 1.0)
+    assert config.scales == (8,) and changed == {"jitter": 0.0, "scales": (8,)}
+    same, changed = with_recommended(GenerateConfig(), [("jitter", 1.0), ("steps", 100)], set())
+    assert same == GenerateConfig() and changed == {}  # already so: nothing changed
+    with pytest.raises(ClipagError, match="unknown setting 'colour'"):
+        with_recommended(GenerateConfig(), [("colour", 1)], set())
+
+
+def test_the_shipped_preset_recommendations_are_valid_settings():
+    from clipag.generate import with_recommended
+    from clipag.models import PRESETS
+
+    for preset in PRESETS.values():
+        config, _ = with_recommended(GenerateConfig(), preset.recommended, set())
+        config.check()
