@@ -158,8 +158,10 @@ def _hf_download(repo: str, filename: str) -> tuple[Path | None, str | None]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
-        return Path(hf_hub_download(repo, filename, cache_dir=str(cache_dir()))), None
+        return Path(hf_hub_download(repo, filename, cache_dir=str(cache_dir()),
+                                    local_files_only=offline)), None
     except LocalEntryNotFoundError as exc:  # offline, and not in the cache
         return None, one_line(exc)
     except EntryNotFoundError:

@@ -341,8 +341,9 @@ VISION_MARKERS = ("conv1.weight", "class_embedding", "ln_post.weight", "proj", "
 def state_layout(tensors: dict[str, torch.Tensor]) -> str:
     """'vision' for an image tower alone (keys with or without `visual.`), else 'full'."""
     keys = list(tensors)
-    has_text = any(k.startswith(("token_embedding", "text.", "transformer.resblocks",
-                                 "text_projection", "ln_final")) for k in keys)
+    # an image tower has its own transformer.resblocks; only a text tower has these
+    has_text = any(k.startswith(("token_embedding", "text.", "text_projection", "ln_final"))
+                   for k in keys)
     if all(k.startswith("visual.") for k in keys):
         return "vision"
     if not has_text and any(k.startswith(VISION_MARKERS) for k in keys):

@@ -24,6 +24,9 @@ def offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants  # it reads the variable once, at import
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("CLIPAG_CACHE", str(tmp_path / "cache"))
     torch.set_num_threads(1)
 
