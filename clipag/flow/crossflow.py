@@ -2,13 +2,20 @@
 starts from the text's own distribution instead of Gaussian noise.
 
 - A Variational Encoder maps a CLIP text embedding to a Gaussian over latents with the image's
-  shape (3, R, R); z0 is a sample of it. It is trained with a KL term towards N(0, I) and a
-  contrastive term that keeps z0 telling its caption's image apart from the batch's others.
-  (The paper encodes the token sequence of a language model; here the input is the pooled,
-  unit-norm CLIP text embedding that the guide already computes.)
+  shape (3, R, R); z0 is a sample of it. By default it is trained as the official code does:
+  the regulariser -0.5 * sum(1 + logvar - (0.3 mu)^6 - exp(logvar)) summed over the latent
+  (weight 1e-2: the variance is held near 1, the mean left almost free, so z0 keeps a real
+  spread) and a contrastive term (weight 1) between z0 itself and the target image mapped to
+  the latent's size. The earlier objective (standard KL averaged per element, weight 1e-3;
+  contrast between 64-d projections, weight 0.1) collapsed the VE's spread to ~0.02 and is
+  kept as `regulariser="standard"`, `contrast="projection"`; files written before these
+  fields existed load as that. (The paper encodes the token sequence of a language model;
+  here the input is the pooled, unit-norm CLIP text embedding the guide already computes.)
 - Flow matching learns the straight path from z0 to the image x1 in [-1, 1]:
-  x_t = (1 - t) z0 + t x1, velocity target x1 - z0, with a plain transformer over pixel
-  patches and no cross-attention: the text enters only through z0.
+  x_t = (1 - (1 - sigma_min) t) z0 + t x1, velocity target x1 - (1 - sigma_min) z0, with a
+  plain transformer over pixel patches and no cross-attention: the text enters only through
+  z0. Training keeps an exponential moving average of the weights; the file stores it and
+  sampling uses it.
 - Classifier-free guidance through a binary indicator: with probability `uncond` a training
   pair gets indicator 0 and a random image of the batch as its target, so the indicator-0
   flow maps text latents to the image distribution at large; sampling mixes
@@ -19,6 +26,7 @@ At R = 16 or 32 the flow works on pixels directly; no VAE is needed.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +41,13 @@ from ..models import Guide, ModelSpec, load_guide
 from ..prompts import WeightedPrompt
 
 
+CONTRASTS = ("latent", "projection")
+REGULARISERS = ("official", "standard")
+TIME_SAMPLINGS = ("uniform", "square")
+# what a field meant in files written before it existed: load them as they were trained
+LEGACY_CONFIG = {"contrast": "projection"}
+
+
 @dataclass(frozen=True)
 class FlowConfig:
     """The architecture (stored in the checkpoint)."""
@@ -44,9 +59,14 @@ class FlowConfig:
     depth: int = 4
     heads: int = 4
     ve_hidden: int = 512
-    embed_dim: int = 64  # the VE's contrastive space
+    embed_dim: int = 64  # the contrastive space with contrast="projection"
+    # "latent": z0 itself against the image mapped to the latent's size (official);
+    # "projection": both projected to embed_dim (the first clipag flows)
+    contrast: str = "latent"
 
     def validate(self) -> None:
+        if self.contrast not in CONTRASTS:
+            raise ClipagError(f"unknown contrast {self.contrast!r}: {' or '.join(CONTRASTS)}")
         if self.resolution < 4 or self.resolution % self.patch:
             raise ClipagError(f"--resolution {self.resolution} must be >= 4 and a multiple of "
                               f"the patch size {self.patch}")
@@ -60,9 +80,29 @@ class FlowConfig:
 
 @dataclass(frozen=True)
 class LossWeights:
-    kl: float = 1e-3
-    contrastive: float = 0.1
+    """The training objective (recorded in the flow file's metadata)."""
+
+    kl: float = 1e-2
+    contrastive: float = 1.0
     uncond: float = 0.1  # probability of an indicator-0 (unconditional) pair
+    regulariser: str = "official"  # or "standard": the usual KL, averaged per element
+    sigma_min: float = 1e-5
+    time: str = "uniform"  # or "square": t = u^2, more steps near the text latent
+
+    def validate(self) -> None:
+        if self.regulariser not in REGULARISERS:
+            raise ClipagError(f"unknown VE regulariser {self.regulariser!r}: "
+                              f"{' or '.join(REGULARISERS)}")
+        if self.time not in TIME_SAMPLINGS:
+            raise ClipagError(f"unknown time sampling {self.time!r}: {' or '.join(TIME_SAMPLINGS)}")
+        for name in ("kl", "contrastive"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ClipagError(f"the {name} weight must be a finite number >= 0, got {value}")
+        if not 0 <= self.uncond < 1:
+            raise ClipagError("--uncond must be in [0, 1)")
+        if not 0 <= self.sigma_min < 1:
+            raise ClipagError("sigma_min must be in [0, 1)")
 
 
 class TextVE(nn.Module):
@@ -84,6 +124,19 @@ class TextVE(nn.Module):
 def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)), averaged over elements and batch."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+
+
+def official_ve_regulariser(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """CrossFlow's VE term: -0.5 * sum(1 + logvar - (0.3 mean)^6 - exp(logvar)) summed over
+    the latent, averaged over the batch. Zero at N(0, 1); it holds the variance near 1 and
+    barely charges the mean until |mean| nears 1 / 0.3."""
+    per_element = 1 + logvar - (0.3 * mean).pow(6) - logvar.exp()
+    return -0.5 * per_element.flatten(1).sum(1).mean()
+
+
+def ve_regulariser(mean: torch.Tensor, logvar: torch.Tensor, kind: str) -> torch.Tensor:
+    return official_ve_regulariser(mean, logvar) if kind == "official" else \
+        kl_to_standard_normal(mean, logvar)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -132,11 +185,22 @@ class CrossFlow(nn.Module):
         self.cfg = cfg
         self.ve = TextVE(cfg)
         self.velocity = VelocityNet(cfg)
-        # the contrastive term's two projections: text latent z0 and target image
-        self.latent_proj = nn.Linear(cfg.latent_numel, cfg.embed_dim)
+        # the contrastive term: the target image mapped to z0's size ("latent"), or z0 and
+        # the image each projected to embed_dim ("projection")
+        if cfg.contrast == "projection":
+            self.latent_proj = nn.Linear(cfg.latent_numel, cfg.embed_dim)
+        size = cfg.latent_numel if cfg.contrast == "latent" else cfg.embed_dim
         self.image_proj = nn.Sequential(nn.Linear(cfg.latent_numel, cfg.ve_hidden), nn.GELU(),
-                                        nn.Linear(cfg.ve_hidden, cfg.embed_dim))
+                                        nn.Linear(cfg.ve_hidden, size))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def contrast_features(self, z0: torch.Tensor, x1: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit features of the text latents and of their images, (B, K) each."""
+        z = z0.flatten(1)
+        if self.cfg.contrast == "projection":
+            z = self.latent_proj(z)
+        return F.normalize(z, dim=-1), F.normalize(self.image_proj(x1.flatten(1)), dim=-1)
 
     def latent(self, text: torch.Tensor, generator: torch.Generator | None = None,
                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -172,13 +236,15 @@ def flow_loss(model: CrossFlow, text: torch.Tensor, images: torch.Tensor,
     shuffled = x1[torch.randperm(b, device=x1.device)]
     target = torch.where(uncond.view(-1, 1, 1, 1), shuffled, x1)
     t = torch.rand(b, device=x1.device)
+    if weights.time == "square":
+        t = t * t
     tt = t.view(-1, 1, 1, 1)
-    xt = (1 - tt) * z0 + tt * target
+    keep = 1 - weights.sigma_min
+    xt = (1 - keep * tt) * z0 + tt * target
     v = model.velocity(xt, t, (~uncond).long())
-    flow = F.mse_loss(v, target - z0)
-    kl = kl_to_standard_normal(mean, logvar)
-    zl = F.normalize(model.latent_proj(z0.flatten(1)), dim=-1)
-    zi = F.normalize(model.image_proj(x1.flatten(1)), dim=-1)
+    flow = F.mse_loss(v, target - keep * z0)
+    kl = ve_regulariser(mean, logvar, weights.regulariser)
+    zl, zi = model.contrast_features(z0, x1)
     logits = model.logit_scale.exp().clamp(max=100) * zl @ zi.t()
     labels = torch.arange(b, device=x1.device)
     contrastive = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
@@ -198,8 +264,10 @@ class SampleConfig:
             raise ClipagError("flow --steps must be >= 1")
         if self.method not in ("euler", "heun"):
             raise ClipagError(f"unknown ODE method {self.method!r}: euler or heun")
-        if self.guidance < 0 or self.temperature < 0:
-            raise ClipagError("--guidance and --temperature must be >= 0")
+        for name in ("guidance", "temperature"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ClipagError(f"--{name} must be a finite number >= 0, got {value}")
 
 
 @torch.no_grad()
@@ -241,6 +309,30 @@ def same_text_tower(probe: list[float], encode) -> bool:
     return max(abs(a - b) for a, b in zip(probe, text_probe(encode))) < 0.02
 
 
+class EMA(nn.Module):
+    """An exponential moving average of a model's weights, warmed up so that early steps
+    are not dominated by the initial weights: decay_k = min(decay, (1 + k) / (10 + k))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        if not 0 <= decay < 1:
+            raise ClipagError(f"the EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.average = copy.deepcopy(model).requires_grad_(False)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        k = int(self.updates)
+        d = min(self.decay, (1 + k) / (10 + k))
+        for avg, new in zip(self.average.state_dict().values(), model.state_dict().values()):
+            if avg.is_floating_point():
+                avg.lerp_(new.to(avg.dtype), 1 - d)
+            else:
+                avg.copy_(new)
+        self.updates += 1
+
+
 def save_flow(path, model: CrossFlow, meta: dict, half: bool = False):
     meta = {**meta, "kind": "crossflow", "flow": asdict(model.cfg)}
     return save_checkpoint(path, model.state_dict(), meta, dtype=torch.float16 if half else None)
@@ -256,7 +348,7 @@ def load_flow(path, device: torch.device) -> tuple[CrossFlow, dict]:
         raise ClipagError(f"{path} is not a clipag CrossFlow checkpoint (train one with "
                           "`clipag crossflow train`)")
     try:
-        cfg = FlowConfig(**meta["flow"])
+        cfg = FlowConfig(**{**LEGACY_CONFIG, **meta["flow"]})
     except TypeError as exc:
         raise ClipagError(f"{path}: bad CrossFlow config ({exc})") from None
     model = CrossFlow(cfg)

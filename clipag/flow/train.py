@@ -1,10 +1,12 @@
 """`clipag crossflow train`: fit a CrossFlow on any dataset `clipag robustify` reads, with
 text embeddings from a frozen CLIP text tower; checkpoints and exact resume like
 robustify, and torchrun data parallelism (each rank its share of the global batch,
-gradients averaged)."""
+gradients averaged). An exponential moving average of the weights is kept beside them
+(and resumed with them); the final file stores the average, which sampling uses."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,8 +14,11 @@ from typing import Callable
 
 import torch
 
-from .crossflow import CrossFlow, FlowConfig, LossWeights, flow_loss, save_flow, text_probe
-from ..train.data import BatchStream, open_dataset
+from torch import nn
+
+from .crossflow import (CONTRASTS, EMA, CrossFlow, FlowConfig, LossWeights, flow_loss, save_flow,
+                        text_probe)
+from ..train.data import BatchStream, load_all, open_dataset
 from ..errors import ClipagError
 from ..models import Guide, ModelSpec, load_guide
 from ..train.common import (average_gradients, barrier, finished, init_distributed, load_state,
@@ -34,21 +39,33 @@ class FlowTrainConfig:
     warmup: int = 100
     grad_clip: float = 1.0
     weights: LossWeights = LossWeights()
+    contrast: str = "latent"  # FlowConfig.contrast
+    ema: float = 0.999  # decay of the weights' moving average (0 = keep the last weights)
     save_every: int = 0
     log_every: int = 50
     seed: int = 0
     template: str = "a photo of a {}"
     resume: bool = False
+    overwrite: bool = False  # train again over a finished `out`, replaced only at the end
     half: bool = False
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size"):
+        for name in ("steps", "batch_size", "resolution", "width", "depth", "log_every"):
             if getattr(self, name) < 1:
                 raise ClipagError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.lr <= 0:
-            raise ClipagError("--lr must be > 0")
-        if not 0 <= self.weights.uncond < 1:
-            raise ClipagError("--uncond must be in [0, 1)")
+        for name in ("warmup", "save_every"):
+            if getattr(self, name) < 0:
+                raise ClipagError(f"--{name.replace('_', '-')} must be >= 0")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise ClipagError(f"--{name.replace('_', '-')} must be a finite number "
+                                  f"{'> 0' if name == 'lr' else '>= 0'}, got {value}")
+        if not 0 <= self.ema < 1:
+            raise ClipagError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.contrast not in CONTRASTS:
+            raise ClipagError(f"unknown --contrast {self.contrast!r}: {' or '.join(CONTRASTS)}")
+        self.weights.validate()
 
 
 @dataclass
@@ -60,6 +77,21 @@ class FlowLog:
     contrastive: float
     lr: float
     images_per_s: float
+
+
+class Trainee(nn.Module):
+    """What a run trains and resumes: the flow and the moving average of its weights."""
+
+    def __init__(self, model: CrossFlow, ema: float):
+        super().__init__()
+        self.model = model
+        self.ema = EMA(model, ema)
+
+
+def check_readable(dataset, resolution: int) -> None:
+    """Stop before training when the dataset yields no readable image: the batch stream
+    would wait for one forever. (load_all raises a ClipagError when it finds none.)"""
+    load_all(dataset, resolution, limit=1)
 
 
 class TextCache:
@@ -92,25 +124,27 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
     rank, world = init_distributed(device)
     out = Path(config.out)
     saved = state_path(out)
-    if finished(out, config.resume):
+    if not config.overwrite and finished(out, config.resume):
         return out
     torch.manual_seed(config.seed)
     text_guide = load_guide(text_spec, device, quiet=rank != 0)
     text_guide.model.requires_grad_(False)
     texts = TextCache(text_guide)
     dataset = open_dataset(config.data, config.template)
+    check_readable(dataset, config.resolution)
     with torch.no_grad():
         dim = text_guide.encode_texts(["a photo"]).shape[-1]
     arch = FlowConfig(text_dim=dim, resolution=config.resolution, width=config.width,
-                      depth=config.depth)
+                      depth=config.depth, contrast=config.contrast)
     model = CrossFlow(arch).to(device).train()
+    trainee = Trainee(model, config.ema).to(device)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup, config.steps))
     step, position = 0, 0
     if config.resume and saved.exists():
-        step, position = restore(load_state(saved), model, optimizer, scheduler)
+        step, position = restore(load_state(saved), trainee, optimizer, scheduler)
     stream = BatchStream(dataset, config.batch_size, config.resolution, seed=config.seed,
                          position=position, rank=rank, world=world)
     batches = iter(stream)
@@ -126,6 +160,7 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         scheduler.step()
+        trainee.ema.update(model)
         step += 1
         seen += len(images)
         if on_log and rank == 0 and (step % config.log_every == 0 or step == config.steps):
@@ -135,7 +170,7 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
                            seen * world / max(elapsed, 1e-9)))
             tick, seen = time.perf_counter(), 0
         if config.save_every and step % config.save_every == 0 and step < config.steps and rank == 0:
-            save_state(saved, model, optimizer, scheduler, step, stream.position)
+            save_state(saved, trainee, optimizer, scheduler, step, stream.position)
         if on_step:
             on_step(step)
     if rank == 0:
@@ -143,8 +178,10 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
                 "text_probe": text_probe(text_guide.encode_texts), "steps": config.steps,
                 "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed,
                 "data": str(config.data), "data_fingerprint": dataset.fingerprint(),
-                "loss_weights": asdict(config.weights)}
-        save_flow(out, model, meta, half=config.half)
+                "loss_weights": asdict(config.weights), "ema": config.ema,
+                "weights": "ema" if config.ema else "last"}
+        final = trainee.ema.average if config.ema else model
+        save_flow(out, final, meta, half=config.half)
         if saved.exists():
             saved.unlink()
     barrier()
