@@ -13,14 +13,12 @@ from clipag.models import PRESETS
 
 from .common import Command
 
-out = Console()
-
-
 @click.command(cls=Command)
 @click.option("--verify", is_flag=True,
               help="re-hash every cached file against its recorded sha256 (or hub blob name)")
 def models_cmd(verify):
     """List model presets, where each comes from, and what is available locally."""
+    out = Console()
     table = Table(title=f"clipag model presets (cache: {cache_dir()})")
     for column in ("name", "arch", "robust", "status", "size", "source", "about"):
         table.add_column(column, overflow="fold")
