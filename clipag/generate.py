@@ -26,8 +26,9 @@ from .models import Guide
 from .prompts import WeightedPrompt, parse_prompt, with_negatives
 from .targets import Targets, encode_targets, similarity, weighted_distance
 
-__all__ = ["GenerateConfig", "Generation", "StepInfo", "Result", "generate", "prepare",
-           "optimise", "with_recommended", "with_setting", "encode_targets", "similarity",
+__all__ = ["GenerateConfig", "Generation", "Start", "StepInfo", "Result", "generate", "prepare",
+           "optimise", "step_gradient", "view_rows", "guide_score", "with_recommended",
+           "with_setting", "encode_targets", "similarity",
            "weighted_distance", "Targets", "check_init", "init_source", "initial_images",
            "InitSource"]
 
@@ -154,7 +155,7 @@ def _check_views(views: ViewConfig) -> None:
     _real("brightness", views.brightness, ">= 0", lambda v: v >= 0)
     _pair("saturation", views.saturation, ">= 0", lambda v: v >= 0)
     _pair("contrast", views.contrast, ">= 0", lambda v: v >= 0)
-    _real("translate", views.translate, "in [0, 1)", lambda v: 0 <= v < 1)
+    _real("translate", views.translate, "in [0, 1]", lambda v: 0 <= v <= 1)
     _pair("scale", views.scale, "> 0", lambda v: v > 0)
     _real("cutout", views.cutout, "in [0, 1)", lambda v: 0 <= v < 1)
 
@@ -243,7 +244,7 @@ def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config:
     best = pixels.detach().clone()
     best_loss = torch.full((b,), float("inf"), device=device)
     frames = []
-    n_global, n_patch = config.views.global_views, config.views.patch_views
+    n_global = config.views.global_views
     use_amp = config.amp and device.type == "cuda"
     rows = view_rows(b, config, device)
     for step in range(1, config.steps + 1):

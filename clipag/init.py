@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from .device import autocast
 from .errors import ClipagError
 from .fileio import write_atomic
-from .flow.crossflow import FlowInit, SampleConfig, load_flow_init
+from .flow.crossflow import FlowInit, load_flow_init
+from .flow.crossflow import SampleConfig  # noqa: F401  (GenerateConfig.flow: the draft's settings)
 from .images import IMAGE_EXTS, decode_image
 from .models import Guide
 from .prompts import WeightedPrompt
