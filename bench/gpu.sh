@@ -3,12 +3,13 @@
 # and numpy:
 #   bash bench/gpu.sh             # bench/wheels must come from `bash bench/gpu-wheels.sh PYVER`
 #   DRY_RUN=1 bash bench/gpu.sh   # print the stages and write the summary, running nothing
+#   REHEARSE=1 bash bench/gpu.sh  # every stage on the CPU at toy sizes (a rehearsal without a GPU)
 # Installs the wheels the box lacks into $SITE (/tmp/clipag-site), then runs, each stage under
 # `timeout` and all within TOTAL_S (480 s = 8 minutes): the CUDA-marked tests, one `clipag
 # generate` on the default model, one on ViT-B-32 with random weights (fp16 autocast),
 # bench/speed.py and bench/train_speed.py. The markdown summary goes to $OUT/gpu-DATE.md when OUT
 # is set, else to bench/results/gpu-DATE.md; the speed results and images go beside it.
-# Environment: PYTHON (python3), OUT, SITE, TOTAL_S, DRY_RUN.
+# Environment: PYTHON (python3), OUT, SITE, SRC, WHEELS, TOTAL_S, DRY_RUN, REHEARSE.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,8 +17,23 @@ py=${PYTHON:-python3}
 dry=${DRY_RUN:-0}
 total=${TOTAL_S:-480}
 site=${SITE:-/tmp/clipag-site}
+wheels=${WHEELS:-$repo/bench/wheels}
 src=${SRC:-/tmp/clipag-src}   # clipag laid out as installed: clipag/ plus cli/ as clipag/cli
 day=$(date -u +%F)
+if [[ ${REHEARSE:-0} == 1 ]]; then
+  dev=cpu
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a shared CPU: spinning OpenMP threads crawl
+  gen=(--steps 2 --init-candidates 4)
+  gen_vit=(--steps 1 --views 2 --patch-views 2 --init-candidates 2)
+  speed=(--quick --models world-robust --views 4)
+  train=(--steps 2 --batch-size 8 --images 64)
+else
+  dev=cuda
+  gen=()
+  gen_vit=()
+  speed=()
+  train=(--steps 12 --batch-size 256 --images 2048)
+fi
 out=${OUT:-$repo/bench/results}
 summary=$out/gpu-$day.md
 mkdir -p "$out"
@@ -85,6 +101,8 @@ stage() {
   echo
   if [[ $dry == 1 ]]; then
     echo "DRY RUN: nothing was run."
+  elif [[ $dev == cpu ]]; then
+    echo "REHEARSAL on the CPU at toy sizes: these are not GPU figures."
   else
     echo '```'
     nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 || echo "nvidia-smi failed"
@@ -101,15 +119,17 @@ if [[ $dry != 1 ]]; then
   export PYTHONPATH="$src:$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-stage "install missing wheels" 60 "$py" "$repo/bench/wheels.py" install "$repo/bench/wheels" --target "$site"
+stage "install missing wheels" 60 "$py" "$repo/bench/wheels.py" install "$wheels" --target "$site"
 stage "CUDA tests" 100 "$py" -m pytest -p no:cacheprovider -W ignore -rs -c "$repo/pyproject.toml" \
   --rootdir "$repo" "$repo/tests/test_cuda.py" "$repo/tests/test_bench.py"
 stage "generate, default model" 45 "$py" -m clipag generate "a red circle on a blue background" \
-  --device cuda -o "$out/gpu-$day-default.png" --overwrite -q
+  --device "$dev" "${gen[@]}" -o "$out/gpu-$day-default.png" --overwrite -q
 stage "generate, ViT-B-32 random weights, fp16" 60 "$py" -m clipag generate "a photo of a red car" \
-  --model ViT-B-32 --pretrained none --device cuda -o "$out/gpu-$day-vitb32.png" --overwrite -q
-stage "speed benchmark" 150 "$py" "$repo/bench/speed.py" --device cuda --out "$out/speed-$day-gpu"
-stage "robustify throughput" 60 "$py" "$repo/bench/train_speed.py" --device cuda
+  --model ViT-B-32 --pretrained none --device "$dev" "${gen_vit[@]}" -o "$out/gpu-$day-vitb32.png" \
+  --overwrite -q
+stage "speed benchmark" 150 "$py" "$repo/bench/speed.py" --device "$dev" "${speed[@]}" \
+  --out "$out/speed-$day-gpu"
+stage "robustify throughput" 60 "$py" "$repo/bench/train_speed.py" --device "$dev" "${train[@]}"
 
 {
   cat "$work/header.md"

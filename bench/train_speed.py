@@ -23,11 +23,14 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--attack-steps", type=int, default=3)
+    parser.add_argument("--images", type=int, default=512, help="world images exported to train on")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        data = world.export(Path(tmp) / "data", 512, world.WorldConfig(seed=0))
+        # no digits: they need scikit-learn, which a bare GPU box lacks
+        data = world.export(Path(tmp) / "data", args.images,
+                            world.WorldConfig(seed=0, digit_fraction=0.0))
         rates = {}
         for label, eps in (("clean (eps 0)", 0.0), (f"adversarial (L2 eps 1, {args.attack_steps} "
                                                     "PGD steps)", 1.0)):
