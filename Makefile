@@ -3,7 +3,8 @@ PIP = $(PYTHON) -m pip
 # The torch build these machines serve from local disk; elsewhere any recent torch works.
 TORCH = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test lint bench bench-speed bench-train bench-pag bench-init models clean
+.PHONY: install test lint bench bench-speed bench-quick bench-train bench-wheels bench-gpu bench-gpu-world \
+	bench-pag bench-init models clean
 
 install:
 	$(PIP) install -q $(TORCH)
@@ -15,13 +16,30 @@ test:
 lint:
 	$(PYTHON) -m ruff check clipag cli tests bench examples research
 
+# The generation step as the user waits for it (world-robust and ViT-B-32; OUT.json/.md in
+# bench/results/speed-DATE), then robustify throughput. bench-quick: one timed step.
 bench: bench-speed bench-train
 
 bench-speed:
 	$(PYTHON) bench/speed.py
 
+bench-quick:
+	$(PYTHON) bench/speed.py --quick
+
 bench-train:
 	$(PYTHON) bench/train_speed.py
+
+# On a connected machine: the wheels a torch-only GPU box lacks (PYVER = the box's Python).
+PYVER ?= 3.12
+bench-wheels:
+	bash bench/gpu-wheels.sh $(PYVER)
+
+# On the GPU box: the one-command check (tests, generate, speed, throughput; 8 minutes).
+bench-gpu:
+	bash bench/gpu.sh
+
+bench-gpu-world:
+	bash bench/gpu-world.sh
 
 bench-pag:
 	$(PYTHON) -m clipag bench pag
