@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clipag.flow.crossflow import (DEFAULT_FLOW, FlowInit, LossWeights, SampleConfig, load_flow,
-                              text_guide_for)
+from clipag.flow.crossflow import (CONTRASTS, DEFAULT_FLOW, REGULARISERS, TIME_SAMPLINGS, FlowInit,
+                                   LossWeights, SampleConfig, load_flow, text_guide_for)
 from clipag.flow.train import FlowTrainConfig, train_flow
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
@@ -17,6 +17,7 @@ from clipag.output import save_png, slug
 from clipag.prompts import parse_prompt
 
 from .common import Command, Group, console, model_options
+from .params import SEED_MAX, Count, Real
 
 
 @click.group(cls=Group)
@@ -29,39 +30,59 @@ def crossflow():
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="final checkpoint (.safetensors); training state goes beside it")
 @model_options(default_hint="world-robust")
-@click.option("--resolution", type=int, default=16, show_default=True, help="image side of the flow")
-@click.option("--width", type=int, default=192, show_default=True)
-@click.option("--depth", type=int, default=4, show_default=True)
-@click.option("--steps", type=int, default=2000, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True, help="global batch")
-@click.option("--lr", type=float, default=5e-4, show_default=True)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--warmup", type=int, default=100, show_default=True)
-@click.option("--kl-weight", type=float, default=LossWeights.kl, show_default=True)
-@click.option("--contrastive-weight", type=float, default=LossWeights.contrastive, show_default=True)
-@click.option("--uncond", type=float, default=LossWeights.uncond, show_default=True,
-              help="share of indicator-0 pairs (for classifier-free guidance)")
-@click.option("--save-every", type=int, default=100, show_default=True)
-@click.option("--log-every", type=int, default=50, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resolution", type=Count(4, 256), default=16, show_default=True,
+              help="image side of the flow")
+@click.option("--width", type=Count(8, 4096), default=192, show_default=True)
+@click.option("--depth", type=Count(1, 64), default=4, show_default=True)
+@click.option("--steps", type=Count(1), default=2000, show_default=True)
+@click.option("--batch-size", type=Count(1, 1 << 20), default=128, show_default=True,
+              help="global batch")
+@click.option("--lr", type=Real(0, 1, low_open=True), default=5e-4, show_default=True)
+@click.option("--weight-decay", type=Real(0, 10), default=0.01, show_default=True)
+@click.option("--warmup", type=Count(0), default=100, show_default=True)
+@click.option("--kl-weight", type=Real(0, 1e3), default=LossWeights.kl, show_default=True,
+              help="weight of the VE regulariser")
+@click.option("--regulariser", type=click.Choice(REGULARISERS), default=LossWeights.regulariser,
+              show_default=True, help="official: CrossFlow's (variance held near 1, mean nearly "
+              "free); standard: KL to N(0, I) per element (the first flows; use --kl-weight 1e-3)")
+@click.option("--contrastive-weight", type=Real(0, 1e3), default=LossWeights.contrastive,
+              show_default=True)
+@click.option("--contrast", type=click.Choice(CONTRASTS), default="latent", show_default=True,
+              help="latent: z0 itself against the image mapped to its size (official); "
+              "projection: both projected to 64-d (the first flows; --contrastive-weight 0.1)")
+@click.option("--sigma-min", type=Real(0, 1, high_open=True), default=LossWeights.sigma_min,
+              show_default=True, help="the path's end noise: x_t = (1 - (1 - s) t) z0 + t x1")
+@click.option("--time-sampling", "time_sampling", type=click.Choice(TIME_SAMPLINGS),
+              default=LossWeights.time, show_default=True,
+              help="training times: uniform, or square (t = u^2: more near the text latent)")
+@click.option("--ema", type=Real(0, 1, high_open=True), default=FlowTrainConfig.ema,
+              show_default=True, help="decay of the weights' moving average that the file "
+              "stores (0 = the last weights)")
+@click.option("--uncond", type=Real(0, 1, high_open=True), default=LossWeights.uncond,
+              show_default=True, help="share of indicator-0 pairs (for classifier-free guidance)")
+@click.option("--save-every", type=Count(0), default=100, show_default=True)
+@click.option("--log-every", type=Count(1), default=50, show_default=True)
+@click.option("--seed", type=Count(0), default=0, show_default=True)
 @click.option("--template", default="a photo of a {}", show_default=True,
               help="caption template for class folders")
 @click.option("--resume", is_flag=True, help="continue from the saved training state")
-@click.option("--overwrite", is_flag=True, help="replace an existing output")
+@click.option("--overwrite", is_flag=True,
+              help="train again over an existing output (replaced only when the new one is done)")
 @click.option("--half", is_flag=True, help="store the final weights in fp16")
 @click.option("--quiet", "-q", is_flag=True)
 def train_cmd(data, out, spec, device, resolution, width, depth, steps, batch_size, lr,
-              weight_decay, warmup, kl_weight, contrastive_weight, uncond, save_every, log_every,
-              seed, template, resume, overwrite, half, quiet):
+              weight_decay, warmup, kl_weight, regulariser, contrastive_weight, contrast,
+              sigma_min, time_sampling, ema, uncond, save_every, log_every, seed, template,
+              resume, overwrite, half, quiet):
     """Train a CrossFlow on DATA, with text embeddings from a CLIP's text tower (--model)."""
-    out_path = Path(out)
-    if overwrite and out_path.exists():
-        out_path.unlink()
     config = FlowTrainConfig(
         data=data, out=out, resolution=resolution, width=width, depth=depth, steps=steps,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-        weights=LossWeights(kl_weight, contrastive_weight, uncond), save_every=save_every,
-        log_every=log_every, seed=seed, template=template, resume=resume, half=half)
+        weights=LossWeights(kl_weight, contrastive_weight, uncond, regulariser, sigma_min,
+                            time_sampling),
+        contrast=contrast, ema=ema, save_every=save_every, log_every=log_every, seed=seed,
+        template=template, resume=resume, overwrite=overwrite, half=half)
+    config.validate()
     dev = resolve_device(device)
     with Progress(TextColumn("[bold]crossflow"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
@@ -85,14 +106,16 @@ def train_cmd(data, out, spec, device, resolution, width, depth, steps, batch_si
 @click.option("--flow", "flow_path", default=None, type=click.Path(dir_okay=False),
               help="CrossFlow checkpoint [default: the embedded world flow]")
 @click.option("--outdir", "-d", default="outputs", show_default=True, type=click.Path(file_okay=False))
-@click.option("--samples", type=int, default=4, show_default=True, help="images (seeds seed..)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--steps", type=int, default=SampleConfig.steps, show_default=True, help="ODE steps")
-@click.option("--guidance", type=float, default=SampleConfig.guidance, show_default=True)
+@click.option("--samples", type=Count(1, 10_000), default=4, show_default=True,
+              help="images (seeds seed..)")
+@click.option("--seed", type=Count(0, SEED_MAX - 10_000), default=0, show_default=True)
+@click.option("--steps", type=Count(1, 10_000), default=SampleConfig.steps, show_default=True,
+              help="ODE steps")
+@click.option("--guidance", type=Real(0, 100), default=SampleConfig.guidance, show_default=True)
 @click.option("--method", type=click.Choice(["euler", "heun"]), default="euler", show_default=True)
-@click.option("--temperature", type=float, default=1.0, show_default=True,
-              help="spread of the text latent (0 = its mean: one image per prompt)")
-@click.option("--size", type=int, default=None, help="upsample the output to this side")
+@click.option("--temperature", type=Real(0, 10), default=SampleConfig.temperature,
+              show_default=True, help="spread of the text latent (0 = its mean: one image per prompt)")
+@click.option("--size", type=Count(8, 4096), default=None, help="upsample the output to this side")
 @click.option("--overwrite", is_flag=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 def sample_cmd(prompt, flow_path, outdir, samples, seed, steps, guidance, method, temperature,

@@ -4,6 +4,10 @@
 # Needs the world data from examples/train_world_models.sh (it exports it if missing) and
 # uses the text tower of the embedded world-vanilla model (world-robust shares it: its
 # robust fine-tuning keeps the text tower frozen). Resumes if interrupted (rerun).
+# The objective is CrossFlow's own (the defaults): the official VE regulariser (weight 1e-2)
+# and contrast between z0 and the image mapped to the latent's size (weight 1), sigma_min
+# 1e-5; the file stores the moving average of the weights (--ema; 0.995 suits a run of a
+# few thousand steps). FLOW_STEPS sets the length (the lr schedule follows it).
 # Copy WORKDIR/world-crossflow.safetensors to clipag/assets/ to ship it.
 set -euo pipefail
 work=${1:-work/world}
@@ -13,5 +17,5 @@ run() { echo "+ $*" >&2; "$@"; }
 
 run clipag crossflow train "$work/data" -o "$work/world-crossflow.safetensors" \
   --model world-vanilla --resolution 16 --width 128 --depth 4 \
-  --batch-size 64 --steps "${FLOW_STEPS:-3000}" --lr 5e-4 --warmup 100 \
-  --save-every 250 --log-every 100 --half --resume
+  --batch-size 64 --steps "${FLOW_STEPS:-3000}" --lr 5e-4 --warmup 100 --ema 0.995 \
+  --save-every 100 --log-every 50 --half --resume
