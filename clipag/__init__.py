@@ -1,3 +1,37 @@
-"""clipag: generator-free text-to-image synthesis with a robust CLIP's gradients."""
+"""clipag: generator-free text-to-image synthesis with a robust CLIP's gradients.
+
+The Python API, one entry point per job (the CLI, the benchmarks and the tests call the same):
+
+    import clipag
+    guide = clipag.load_model("world-robust")                 # load a model (any preset, arch,
+                                                               # hub id, file or mix)
+    out = clipag.generate(["a red circle on a blue background"], guide,
+                          clipag.GenerateConfig(steps=50))     # -> images, frames, records
+    clipag.robustify(clipag.TrainConfig(data="folder/", out="robust.safetensors", steps=100),
+                     clipag.ModelSpec("world-vanilla"), device)  # adversarial fine-tuning
+"""
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "clipag.load", "ModelSpec": "clipag.load", "Guide": "clipag.models",
+    "PRESETS": "clipag.models", "GenerateConfig": "clipag.generate", "Generation": "clipag.generate",
+    "ViewConfig": "clipag.augment", "robustify": "clipag.train.robustify",
+    "TrainConfig": "clipag.train.robustify", "ClipagError": "clipag.errors",
+}
+__all__ = ["__version__", "generate", *_EXPORTS]
+
+# The function, bound eagerly: importing the submodule of the same name (clipag/generate.py)
+# would otherwise leave the module object under this name.
+from .generate import generate  # noqa: E402
+
+
+def __getattr__(name: str):
+    """Import on first use, so `import clipag` (and the CLI's start) stays light."""
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clipag' has no attribute {name!r}")

@@ -1,0 +1,31 @@
+"""The documented Python API (README, clipag/__init__.py) works as written."""
+
+
+import clipag
+
+
+def test_load_generate_as_documented(tiny_checkpoint):
+    guide = clipag.load_model(str(tiny_checkpoint))  # a file path works as the model name
+    assert isinstance(guide, clipag.Guide) and guide.image_size == 32
+    config = clipag.GenerateConfig(steps=2, views=clipag.ViewConfig(global_views=2,
+                                                                     patch_views=2))
+    a = clipag.generate(["a red circle", "a blue square"], guide, config, seeds=[3, 4])
+    b = clipag.generate(["a red circle", "a blue square"], guide, config, seeds=[3, 4])
+    assert a.images.shape == (2, 3, 32, 32)
+    assert (a.images - b.images).abs().max() < 1e-4  # same seeds: same images (to rounding)
+    assert [r["prompt"] for r in a.records] == ["a red circle", "a blue square"]
+    assert [r["seed"] for r in a.records] == [3, 4]
+
+
+def test_the_default_model_is_embedded():
+    guide = clipag.load_model()
+    assert guide.name == "world-robust" and guide.image_size == 64
+
+
+def test_errors_are_clipag_errors(tmp_path):
+    try:
+        clipag.load_model(checkpoint=str(tmp_path / "missing.pt"))
+    except clipag.ClipagError as exc:
+        assert "not found" in str(exc)
+    else:
+        raise AssertionError("no error")
