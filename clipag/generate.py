@@ -366,9 +366,10 @@ class Start:
 def prepare(prompts: Sequence[str], model: Guide, config: GenerateConfig = GenerateConfig(),
             seeds: Sequence[int] | None = None,
             negatives: Sequence[Sequence[str]] | Sequence[str] = (),
-            negative_weight: float = 0.5) -> Start:
+            negative_weight: float = 0.5, *, source: InitSource | str = "config") -> Start:
     """Check the settings against the model, parse the prompts, encode their texts once and
-    pick the start images (one per seed)."""
+    pick the start images (one per seed). `source` is what they are drawn from: "config"
+    loads it as `config.init` says; pass one from `init_source` to reuse it across calls."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ClipagError("no prompts to generate")
@@ -384,7 +385,7 @@ def prepare(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gener
     parsed = [with_negatives(parse_prompt(p), n, negative_weight)
               for p, n in zip(prompts, per_prompt)]
     targets = encode_targets(model, parsed)
-    source = init_source(config, model)
+    source = init_source(config, model) if isinstance(source, str) else source
     images = initial_images(model, targets, config, size, seeds, source, parsed)
     return Start(size, seeds, per_prompt, parsed, targets, source, images)
 
@@ -413,15 +414,16 @@ def generate(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gene
              seeds: Sequence[int] | None = None,
              negatives: Sequence[Sequence[str]] | Sequence[str] = (),
              negative_weight: float = 0.5,
-             on_step: Callable[[StepInfo], None] | None = None) -> Generation:
+             on_step: Callable[[StepInfo], None] | None = None, *,
+             source: InitSource | str = "config") -> Generation:
     """Make one image per prompt, optimised together as one batch with the same settings.
 
     Seeds default to 0..B-1; each start image comes from its own seed, and the views'
     randomness from the first seed, so the same prompts, seeds and batch give the same images
     (bit for bit on the CPU). `negatives` is one list for all prompts or one per prompt, each
-    text pushed away with weight -`negative_weight`."""
+    text pushed away with weight -`negative_weight`. `source`: see `prepare`."""
     began = time.perf_counter()
-    start = prepare(prompts, model, config, seeds, negatives, negative_weight)
+    start = prepare(prompts, model, config, seeds, negatives, negative_weight, source=source)
     torch.manual_seed(start.seeds[0])  # the augmentations' randomness
     result = optimise(model, start.targets, start.images, config, on_step)
     seconds = (time.perf_counter() - began) / len(start.seeds)

@@ -410,3 +410,19 @@ def test_the_shipped_preset_recommendations_are_valid_settings():
     for preset in PRESETS.values():
         config, _ = with_recommended(GenerateConfig(), preset.recommended, set())
         config.check()
+
+
+def test_prepare_reuses_a_given_source(tiny_guide):
+    from clipag.generate import prepare
+
+    mixture = fit(torch.rand(64, 3, 4, 4, generator=torch.Generator().manual_seed(0)),
+                  components=2, rank=2)
+    config = dataclasses.replace(SMALL, init="gmm", init_candidates=8)
+    start = prepare(["a red circle", "a blue square"], tiny_guide, config, seeds=[2, 3],
+                    source=mixture)
+    assert start.source is mixture and start.size == 32
+    direct = initial_images(tiny_guide, start.targets, config, 32, [2, 3], mixture)
+    assert torch.equal(start.images, direct)
+    noisy = prepare(["a red circle", "a blue square"], tiny_guide, config, seeds=[2, 3],
+                    source=None)  # None: no mixture, noise starts
+    assert not torch.equal(noisy.images, direct)

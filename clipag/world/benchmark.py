@@ -15,7 +15,7 @@ import torch
 from ..ensemble import load_named
 from ..fileio import write_text_atomic
 from ..generate import GenerateConfig, generate, guide_score, prepare
-from ..init import upsample
+from ..init import init_source, upsample
 from .judge import judge, read_image
 from ..models import Guide, load_guide, spec_for
 from ..output import save_grid
@@ -57,15 +57,17 @@ def make_images(guide: Guide, prompts: list[str], config: GenerateConfig, batch_
     """Images of the prompts (the start images alone when `config.steps` is 0) and the
     guide's own scores of them; prompt k uses seed `seed + k`."""
     images, scores = [], []
+    source = init_source(config, guide)  # loaded once (a CrossFlow takes a while)
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
         seeds = [seed + i + j for j in range(len(chunk))]
         if config.steps:
-            made = generate(chunk, guide, config, seeds)
+            made = generate(chunk, guide, config, seeds, source=source)
             images.append(made.images)
             scores += [float("nan") if r["score"] is None else r["score"] for r in made.records]
         else:  # no refiner steps: the scales plan nothing, start as a one-step run would
-            start = prepare(chunk, guide, dataclasses.replace(config, steps=1, scales=()), seeds)
+            start = prepare(chunk, guide, dataclasses.replace(config, steps=1, scales=()), seeds,
+                            source=source)
             scores += guide_score(guide, start.images, start.targets).tolist()
             images.append(start.images.cpu())
     return torch.cat(images), scores
