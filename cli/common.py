@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from clipag.errors import ClipagError
-from clipag.models import ModelSpec
+from clipag.load import ModelSpec
 
 from .params import Sides
 

@@ -15,7 +15,7 @@ import torch
 
 from clipag.train.attacks import CosineLogits, ThreatModel, attack_logits
 from clipag.images import image_to_tensor
-from clipag.ensemble import load_named
+from clipag.load import load_model
 from clipag.world.scenes import WorldConfig, sample
 
 RADII = (0.0, 0.5, 1.0, 2.0)
@@ -45,7 +45,7 @@ def main(names: list[str]) -> None:
     images = torch.stack([image_to_tensor(image, 64) for image, _, _ in items])
     captions = [text for _, text, _ in items]
     for name in names:
-        guide = load_named(name, torch.device("cpu"), quiet=True)
+        guide = load_model(name)
         print(name, {f"eps {eps:g}": acc for eps, acc in retrieval(guide, images,
                                                                    captions).items()},
               flush=True)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from clipag.augment import ViewConfig, Views
-from clipag.world.benchmark import spec_for, suite
+from clipag.world.benchmark import suite
 from clipag.generate import encode_targets, weighted_distance
-from clipag.models import load_guide
+from clipag.load import load_model
 from clipag.prompts import parse_prompt as parse_weighted
 from clipag.world.scenes import COLORS, SIZE_FRACTION, Scene, parse_prompt, render
 
@@ -90,7 +90,7 @@ def main() -> None:
     torch.set_num_threads(1)
     prompts = [p for p in suite(64) if parse_prompt(p).get("count", 1) == 1][:args.prompts]
     for name in args.guides:
-        guide = load_guide(spec_for(name), torch.device("cpu"), quiet=True)
+        guide = load_model(name)
         guide.model.eval()
         guide.model.requires_grad_(False)
         with torch.no_grad():

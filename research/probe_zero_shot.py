@@ -21,19 +21,17 @@ import sys
 import numpy as np
 import torch
 
-from clipag.models import ModelSpec, load_guide
+from clipag.load import load_model
 from clipag.world.scenes import COLORS, SHAPES, render, sample_scene
 
 
 def load(name: str):
     if name.endswith(".state.pt"):
         arch, _, name = name.rpartition(":") if ":" in name else ("world-vit", "", name)
-        guide = load_guide(ModelSpec(model=arch, pretrained="none"), torch.device("cpu"),
-                           quiet=True)
+        guide = load_model(arch, pretrained="none")
         guide.model.load_state_dict(torch.load(name, map_location="cpu", weights_only=True)["model"])
         return guide
-    spec = ModelSpec(checkpoint=name) if name.endswith(".safetensors") else ModelSpec(model=name)
-    return load_guide(spec, torch.device("cpu"), quiet=True)
+    return load_model(name)
 
 
 def probe(guide, scenes, images) -> dict[str, float]:

@@ -14,7 +14,8 @@ from clipag.world.benchmark import run, suite
 from clipag.checkpoint import read_meta
 from clipag.generate import GenerateConfig
 from clipag.init import DEFAULT_GMM, GaussianMixture
-from clipag.models import ASSETS, PRESETS, ModelSpec, load_guide
+from clipag.load import load_model
+from clipag.models import ASSETS, PRESETS
 
 CPU = torch.device("cpu")
 EMBEDDED = [p for p in PRESETS.values() if p.kind == "embedded"]
@@ -26,7 +27,7 @@ def test_embedded_models_load_and_know_the_world(preset):
     assert path.stat().st_size < 12 * 2**20
     meta = read_meta(path)
     assert meta["arch"] == preset.arch and meta["data_fingerprint"]
-    guide = load_guide(ModelSpec(model=preset.name), CPU)
+    guide = load_model(preset.name)
     from clipag.world import scenes as world
 
     images, captions = [], []
@@ -142,10 +143,9 @@ def test_default_model_brings_its_recommended_settings_unless_overridden(tmp_pat
 def test_benchmark_size_optimises_smaller_images_and_judges_them_at_64px(tmp_path):
     from clipag.world.benchmark import make_images, score_images
     from clipag.images import image_to_tensor
-    from clipag.models import spec_for
     from clipag.world.scenes import WorldConfig, full_caption, sample
 
-    robust = load_guide(spec_for("world-robust"), CPU, quiet=True)
+    robust = load_model("world-robust")
     config = GenerateConfig(size=32, steps=2, init_candidates=4,
                             views=ViewConfig(global_views=2, patch_views=0))
     images, scores = make_images(robust, suite(2), config, batch_size=2, seed=0)
@@ -155,6 +155,6 @@ def test_benchmark_size_optimises_smaller_images_and_judges_them_at_64px(tmp_pat
     # ground-truth world images drawn at 32 px are still read right after the resize to 64
     items = [sample(i, WorldConfig(seed=99, size=32, digit_fraction=0.0)) for i in range(24)]
     truth = torch.stack([image_to_tensor(image, 32) for image, _, _ in items])
-    judge_model = load_guide(spec_for("world-judge"), CPU, quiet=True)
+    judge_model = load_model("world-judge")
     accuracy, _, _ = score_images(truth, [full_caption(s) for _, _, s in items], judge_model)
     assert accuracy["color"] >= 0.95 and accuracy["background"] >= 0.95, accuracy
