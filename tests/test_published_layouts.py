@@ -150,6 +150,12 @@ def test_openai_tag_real_shapes_match_open_clip(tmp_path):
     same(guide, reference)
     # --model ViT-B-32 --pretrained openai: the tag's activation is applied, not the name's
     assert activation(load_model("ViT-B-32", pretrained="openai").model) == "QuickGELU"
+    # RobustVLM's FARE4 ViT-B/32 (OpenAI start): its image tower over the OpenAI base
+    robust = build_model("ViT-B-32-quickgelu", seed=1)[0]
+    layouts.vision_only(robust, cache_dir() / "vitb32_fare_eps_4.pt")
+    reference.visual.load_state_dict(robust.visual.state_dict())
+    del robust
+    same(load_model("fare4-vitb32-openai"), reference)
 
 
 # --- vision-encoder-only files (RobustVLM) --------------------------------------------------------------
