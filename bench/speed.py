@@ -116,11 +116,12 @@ class Row:
     views: int  # per image per step
     batch: int  # images optimised together
     variant: str
-    s_step: float
+    s_step: float  # mean over the timed steps
     s_image: float  # image_steps x s_step
     views_per_s: float
-    model_s: float  # forward + backward of the same views alone
-    outside_share: float  # 1 - model_s / s_step
+    best_step_s: float  # the fastest timed step
+    model_s: float  # the fastest forward + backward of the same views alone
+    outside_share: float  # 1 - model_s / best_step_s (best against best: robust to a busy CPU)
     flops_step: float
     flops_per_s: float
     peak_flops: float | None
@@ -174,8 +175,9 @@ def time_steps(guide, targets, start: torch.Tensor, config: GenerateConfig, step
     return [b - a for a, b in zip(marks, marks[1:])]
 
 
-def time_model(guide, views: torch.Tensor, variant: Variant, reps: int) -> float:
-    """Seconds of the image encoder's forward + backward (to the pixels) on `views`."""
+def time_model(guide, views: torch.Tensor, variant: Variant, reps: int) -> list[float]:
+    """Seconds of each of `reps` forward + backward passes (to the pixels) of the image encoder
+    on `views`."""
     device = views.device
     times = []
     for _ in range(reps):
@@ -188,7 +190,7 @@ def time_model(guide, views: torch.Tensor, variant: Variant, reps: int) -> float
         emb.sum().backward()
         sync(device)
         times.append(time.perf_counter() - start)
-    return sum(times) / len(times)
+    return times
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ def bench_model(name: str, guide: Guide, variants: tuple[Variant, ...], settings
                 time_steps(bench_guide, targets, start, run, 1)  # warm-up (compiles)
             torch.manual_seed(settings.seed)
             per_step = time_steps(bench_guide, targets, start, run, settings.steps)
-            model_s = time_model(bench_guide, views, variant, settings.steps)
+            model_s = min(time_model(bench_guide, views, variant, settings.steps))
         except Exception as exc:  # a variant that cannot run here is reported, not fatal
             message = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
             print(f"{name} {variant.name}: failed: {message}", file=sys.stderr)
@@ -242,8 +244,8 @@ def bench_model(name: str, guide: Guide, variants: tuple[Variant, ...], settings
         if variant.precision == "fp32" and device.type == "cuda":
             note = f"float32 matmul precision {torch.get_float32_matmul_precision()}"
         row = Row(name, size, n_views, settings.batch, variant.name, s_step,
-                  settings.image_steps * s_step, settings.batch * n_views / s_step, model_s,
-                  1 - model_s / s_step, step_flops_, achieved, peak,
+                  settings.image_steps * s_step, settings.batch * n_views / s_step,
+                  min(per_step), model_s, 1 - model_s / min(per_step), step_flops_, achieved, peak,
                   achieved / peak if peak else None, note)
         rows.append(row)
         if on_row:
@@ -294,9 +296,12 @@ def markdown(rows: list[Row], meta: dict) -> str:
     lines = [f"# Generation speed, {meta['date']}", "",
              f"Device: {meta['device']} ({meta['device_name']}), torch {meta['torch']}, "
              f"{meta['threads']} CPU threads. Command: `{meta['command']}`.", "",
-             f"s/image = {meta['image_steps']} steps x s/step (optimisation only). Outside "
-             "model = 1 - (forward+backward of the same views alone) / step. Peak: dense data-"
-             "sheet FLOP/s of the card at the variant's precision (unknown on a CPU).", "",
+             f"s/step: mean of the timed steps; s/image = {meta['image_steps']} steps x s/step "
+             "(optimisation only: no model loading, no start image). Outside model = 1 - "
+             "(fastest forward+backward of the same views alone) / (fastest step). FLOP/step: "
+             "FlopCounterMode on one step (the pixel gradient only: the weights are frozen). "
+             "Peak: dense data-sheet FLOP/s of the card at the variant's precision (unknown on "
+             "a CPU).", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
     notes = sorted({f"{r.variant}: {r.note}" for r in rows if r.note})

@@ -43,10 +43,11 @@ def test_speed_benchmark_measures_one_step_of_the_tiny_model(speed, tiny_guide):
     (row,) = _tiny_rows(speed, tiny_guide)
     assert (row.model, row.image_size, row.views, row.batch, row.variant) == \
         ("tiny", 32, 4, 1, "fp32")
-    for value in (row.s_step, row.s_image, row.views_per_s, row.model_s, row.flops_step,
-                  row.flops_per_s):
+    for value in (row.s_step, row.s_image, row.views_per_s, row.best_step_s, row.model_s,
+                  row.flops_step, row.flops_per_s):
         assert math.isfinite(value) and value > 0
     assert row.s_image == pytest.approx(10 * row.s_step)
+    assert 0 < row.best_step_s <= row.s_step
     assert row.views_per_s == pytest.approx(4 / row.s_step)
     assert math.isfinite(row.outside_share) and row.outside_share < 1
     assert row.peak_flops is None and row.peak_share is None  # a CPU has no known peak
