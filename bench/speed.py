@@ -205,8 +205,9 @@ class BenchSettings:
 
 
 def bench_model(name: str, guide: Guide, variants: tuple[Variant, ...], settings: BenchSettings,
-                device_name: str, on_row=None) -> list[Row]:
-    """One row per variant for one model."""
+                device_name: str, on_row=None, failures: list[dict] | None = None) -> list[Row]:
+    """One row per variant for one model; a variant that cannot run here (torch.compile with no
+    compiler, bf16 on an old card) is added to `failures` instead."""
     device = guide.device
     config = bench_config(name, settings.image_steps, settings.views, settings.patch_views,
                           settings.view_batch)
@@ -236,6 +237,8 @@ def bench_model(name: str, guide: Guide, variants: tuple[Variant, ...], settings
         except Exception as exc:  # a variant that cannot run here is reported, not fatal
             message = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
             print(f"{name} {variant.name}: failed: {message}", file=sys.stderr)
+            if failures is not None:
+                failures.append({"model": name, "variant": variant.name, "error": message})
             continue
         s_step = sum(per_step) / len(per_step)
         step_flops_ = flops or 0.0
@@ -306,6 +309,8 @@ def markdown(rows: list[Row], meta: dict) -> str:
     lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
     notes = sorted({f"{r.variant}: {r.note}" for r in rows if r.note})
     lines += [""] + [f"- {n}" for n in notes] + [""] * bool(notes)
+    lines += [f"- {f['model']} {f['variant']}: failed: {f['error']}"
+              for f in meta.get("failed", [])]
     lines += compile_verdict(rows)
     return "\n".join(lines) + "\n"
 
@@ -331,7 +336,7 @@ def print_table(rows: list[Row], title: str) -> None:
         table.add_column(column, justify="left" if column in ("model", "variant") else "right")
     for row in rows:
         table.add_row(*cells(row))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def write_results(rows: list[Row], meta: dict, out: Path) -> tuple[Path, Path]:
@@ -379,16 +384,24 @@ def main(argv: list[str] | None = None) -> None:
             "device": str(device), "device_name": name, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "image_steps": settings.image_steps,
             "prompt": PROMPT}
-    rows = []
+    rows: list[Row] = []
+    meta["failed"] = []
+    out = args.out or ROOT / "bench" / "results" / f"speed-{day}"
+
+    def on_row(row: Row) -> None:  # results so far are on disk if a later variant hangs
+        rows.append(row)
+        print(" | ".join(cells(row)), file=sys.stderr)
+        write_results(rows, meta, out)
+
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         guide = load_model(model, device)
-        rows += bench_model(model, guide, variants, settings, name,
-                            on_row=lambda r: print(" | ".join(cells(r)), file=sys.stderr))
+        bench_model(model, guide, variants, settings, name, on_row=on_row,
+                    failures=meta["failed"])
         del guide
     print_table(rows, f"clipag generation step on {device} ({name})")
     for line in compile_verdict(rows):
         print(line)
-    paths = write_results(rows, meta, args.out or ROOT / "bench" / "results" / f"speed-{day}")
+    paths = write_results(rows, meta, out)
     print("wrote " + ", ".join(map(str, paths)))
 
 

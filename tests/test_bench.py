@@ -63,6 +63,16 @@ def test_step_flops_are_counted_exactly_and_grow_with_the_views(speed, tiny_guid
     assert four.flops_step / two.flops_step == pytest.approx(2.0, rel=0.05)
 
 
+def test_a_variant_that_cannot_run_is_reported_not_fatal(speed, tiny_guide):
+    failures = []
+    broken = speed.Variant("fp8 autocast", dtype="fp8")  # no such autocast dtype here
+    settings = speed.BenchSettings(steps=1, image_steps=10, views=2, patch_views=0)
+    rows = speed.bench_model("tiny", tiny_guide, (broken, speed.FP32), settings, "cpu",
+                             failures=failures)
+    assert [row.variant for row in rows] == ["fp32"]
+    assert [(f["model"], f["variant"]) for f in failures] == [("tiny", "fp8 autocast")]
+
+
 def test_speed_results_are_written_as_json_and_markdown(speed, tiny_guide, tmp_path):
     rows = _tiny_rows(speed, tiny_guide)
     meta = {"date": "2026-01-01", "command": "python bench/speed.py", "device": "cpu",
