@@ -8,7 +8,8 @@
 #   TOY=1 bash bench/gpu-world.sh [WORKDIR]  # the same pipeline at toy scale (runs on a CPU)
 # On a box with only torch, run bash bench/gpu.sh first (it installs the wheels) or set
 # PYTHONPATH as it does. The PAG table lands in WORKDIR/pag/ (and $OUT when set).
-# Environment: TOY, PYTHON, OUT, DEVICE (auto), VANILLA_S (130), ROBUST_S (90), N (20000).
+# Environment: TOY, PYTHON, OUT, DEVICE (auto), VANILLA_S (110), ROBUST_S (80), N (10000: the
+# export is one CPU process, about 1 s per 100 images).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,7 +28,7 @@ if [[ ${TOY:-0} == 1 ]]; then
   max=(--max-vanilla 20 --max-robust 10)
   pag=(--prompts 4 --steps 8 --views 4 --batch-size 4 --init-candidates 50)
 else
-  n=${N:-20000}; vanilla_s=${VANILLA_S:-130}; robust_s=${ROBUST_S:-90}; batch=128; calibrate=12
+  n=${N:-10000}; vanilla_s=${VANILLA_S:-110}; robust_s=${ROBUST_S:-80}; batch=128; calibrate=12
   arch=()
   max=(--max-vanilla 3000 --max-robust 1000)
   pag=(--prompts 32 --steps 100 --views 32 --batch-size 16)
