@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from clipag.augment import ViewConfig
 from clipag.device import resolve_device
 from clipag.fileio import write_text_atomic
 from clipag.generate import GenerateConfig, encode_targets, optimise, with_recommended

@@ -219,7 +219,7 @@ def download(python_version: str, dest: Path) -> dict[str, tuple[Path, str]]:
     lines = [f"# wheels for CPython {python_version} manylinux x86_64; the box has: "
              f"{', '.join(sorted(skip))}"]
     total = 0
-    for name, (path, parent) in sorted(got.items()):
+    for _, (path, parent) in sorted(got.items()):
         size = path.stat().st_size
         total += size
         lines.append(f"{path.name}\t{size / 2**20:.2f} MB\trequired by {parent}")

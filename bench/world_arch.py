@@ -16,7 +16,7 @@ import argparse
 import copy
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from clipag.checkpoint import save_checkpoint
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="random weights of a bigger world ViT")
     init.add_argument("out", type=Path)
-    for field, default in WorldArch().__dict__.items():
-        init.add_argument(f"--{field.replace('_', '-')}", type=int, default=default)
+    for field in fields(WorldArch):
+        init.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--overwrite", action="store_true")
     plan = sub.add_parser("plan", help="steps that fit the time budgets on this machine")
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "init":
         if args.out.exists() and not args.overwrite:
             parser.error(f"{args.out} exists; pass --overwrite")
-        arch = WorldArch(**{f: getattr(args, f) for f in WorldArch().__dict__})
+        arch = WorldArch(**{f.name: getattr(args, f.name) for f in fields(WorldArch)})
         path = write_init(args.out, arch, args.seed)
         print(path)
         return
