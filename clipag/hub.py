@@ -153,38 +153,91 @@ class HubFiles:
     weights: Path
 
 
-def _hf_download(repo: str, filename: str) -> tuple[Path | None, str | None]:
-    """(path, None) when the file is cached or downloaded; (None, why) otherwise."""
+def _hf_cached(repo: str, filename: str) -> Path | None:
+    """The file from the local hub cache only (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, filename, cache_dir=str(cache_dir()))
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def _hf_download(repo: str, filename: str) -> tuple[Path | None, str | None, bool]:
+    """(path, None, False) when downloaded; (None, why, unreachable) otherwise. The hub's
+    retry messages are kept off the user's terminal: the error says what happened."""
+    import logging
+
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         return Path(hf_hub_download(repo, filename, cache_dir=str(cache_dir()),
-                                    local_files_only=offline)), None
-    except LocalEntryNotFoundError as exc:  # offline, and not in the cache
-        return None, one_line(exc)
+                                    local_files_only=offline)), None, False
+    except LocalEntryNotFoundError as exc:  # offline or unreachable, and not in the cache
+        return None, one_line(exc), True
     except EntryNotFoundError:
-        return None, f"the repo has no {filename}"
-    except Exception as exc:  # network, auth, missing repo: keep the whole cause
-        return None, one_line(exc)
+        return None, f"the repo has no {filename}", False
+    except Exception as exc:  # auth, missing repo, ...: keep the whole cause
+        return None, one_line(exc), False
+    finally:
+        logger.setLevel(level)
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (one quick connection, 5 s), or None when it can: the hub
+    client would otherwise retry each file with backoff for about a minute."""
+    import socket
+    import urllib.parse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+            "1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+    except OSError as exc:
+        return f"cannot reach {url.hostname}: {one_line(exc)}"
+    return None
+
+
+def _hf_first(repo: str, names: tuple[str, ...]) -> tuple[Path | None, list[str]]:
+    """The first of `names` in the cache, else the first that downloads; stops at the first
+    unreachable hub rather than waiting out its retries once per name."""
+    for name in names:
+        if (path := _hf_cached(repo, name)) is not None:
+            return path, []
+    if (why := _hub_unreachable()) is not None:
+        return None, [f"not in the cache, and {why}"]
+    reasons = []
+    for name in names:
+        path, why, unreachable = _hf_download(repo, name)
+        if path is not None:
+            return path, []
+        reasons.append(f"{name}: {why}")
+        if unreachable:
+            break
+    return None, reasons
 
 
 def hub_files(repo: str, need_config: bool = True, weights: tuple[str, ...] = HF_WEIGHTS
               ) -> HubFiles:
     """A hub repo's open_clip config and weights, from the cache or downloaded. Never a config
     without weights: a one-line error names what is missing and how to fetch it."""
-    config, why_config = _hf_download(repo, HF_CONFIG) if need_config else (None, None)
-    if need_config and config is None:
-        raise ClipagError(f"could not get {HF_CONFIG} of hf-hub:{repo} ({why_config}); "
-                          f"download it from https://huggingface.co/{repo} on a connected machine "
-                          "(or copy its cache folder) and load again")
-    reasons = []
-    for name in weights:
-        path, why = _hf_download(repo, name)
-        if path is not None:
-            return HubFiles(repo, config, path)
-        reasons.append(f"{name}: {why}")
+    config = None
+    if need_config:
+        config, why = _hf_first(repo, (HF_CONFIG,))
+        if config is None:
+            raise ClipagError(f"could not get {HF_CONFIG} of hf-hub:{repo} ({'; '.join(why)}); "
+                              f"download it from https://huggingface.co/{repo} on a connected "
+                              "machine (or copy its cache folder) and load again")
+    path, reasons = _hf_first(repo, weights)
+    if path is not None:
+        return HubFiles(repo, config, path)
     have = "its config is cached but " if config is not None else ""
     raise ClipagError(f"hf-hub:{repo}: {have}no weights are available ({'; '.join(reasons)}); "
                       "the download was interrupted or this machine is offline: run the same "
