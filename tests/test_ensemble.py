@@ -6,7 +6,8 @@ from click.testing import CliRunner
 
 from clipag.cli.main import cli
 from clipag.augment import ViewConfig
-from clipag.world.benchmark import run
+from clipag.world.benchmark import run, suite
+from clipag.world.scenes import parse_prompt as parse_world
 from clipag.ensemble import ensemble, load_mix, parse_mix
 from clipag.errors import ClipagError
 from clipag.generate import GenerateConfig
@@ -85,7 +86,8 @@ def test_benchmark_runs_a_mix_of_checkpoint_files(tmp_path, tiny_checkpoint):
     mix = f"{tiny_checkpoint}*3+{tiny_checkpoint}"
     reports, table = run([mix], str(tiny_checkpoint), 1, config, tmp_path, CPU)
     assert reports[0].guide == mix and mix in table.read_text()
-    assert 0 <= reports[0].accuracy["color"] <= 1
+    read, wanted = reports[0].reads[0].get("color"), parse_world(suite(1)[0]).get("color")
+    assert reports[0].accuracy["color"] == float(read == wanted)  # one prompt: right or wrong
 
 
 def test_generate_with_a_mix_records_its_members(tmp_path, tiny_checkpoint):

@@ -1,6 +1,5 @@
 """The embedded models and initializer load offline and work; the benchmark runs end to end."""
 
-import dataclasses
 import json
 
 import pytest
@@ -78,7 +77,8 @@ def test_benchmark_smoke_on_two_prompts(tmp_path):
         pairs = [(seen.get("shape"), w) for seen, w in zip(r.reads, wanted) if w is not None]
         assert r.accuracy["shape"] == sum(a == b for a, b in pairs) / len(pairs)
     assert "Shapes as the judge read them" in text
-    assert dataclasses.asdict(config)["steps"] == 2
+    settings = json.loads((tmp_path / "pag.json").read_text())["settings"]
+    assert settings["steps"] == 2 and settings["views"]["patch_views"] == 2  # what ran is recorded
 
 
 def test_benchmark_judge_may_be_a_checkpoint_file(tmp_path):
