@@ -9,11 +9,19 @@
 # generate` on the default model, one on ViT-B-32 with random weights (fp16 autocast),
 # bench/speed.py and bench/train_speed.py. The markdown summary goes to $OUT/gpu-DATE.md when OUT
 # is set, else to bench/results/gpu-DATE.md; the speed results and images go beside it.
-# Environment: PYTHON (python3), OUT, SITE, SRC, WHEELS, TOTAL_S, DRY_RUN, REHEARSE.
+# Environment: PYTHON (python3 or python, whichever has torch), OUT, SITE, SRC, WHEELS, TOTAL_S, DRY_RUN, REHEARSE.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-python3}
+py=${PYTHON:-}
+if [[ -z $py ]]; then  # the interpreter that has torch
+  for candidate in python3 python; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
+      py=$candidate && break
+    fi
+  done
+  py=${py:-python3}
+fi
 dry=${DRY_RUN:-0}
 total=${TOTAL_S:-480}
 site=${SITE:-/tmp/clipag-site}
@@ -97,7 +105,7 @@ stage() {
 {
   echo "# clipag GPU check, $(date -u '+%F %H:%M UTC')"
   echo
-  echo "Commit \`$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)\`, host \`$(hostname)\`."
+  echo "Commit \`$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)\`, host \`$(hostname 2>/dev/null || uname -n)\`."
   echo
   if [[ $dry == 1 ]]; then
     echo "DRY RUN: nothing was run."
