@@ -162,6 +162,10 @@ def _tag(arch: str, tag: str, config: dict[str, Any], trust: bool, say) -> Guide
 
 def _hub(repo: str) -> Guide:
     import json
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo) or ".." in repo:
+        raise ClipagError(f"hf-hub:{repo!s} is not a hub repo id: write hf-hub:org/name")
 
     files = hub_files(repo)
     try:

@@ -226,6 +226,11 @@ def test_model_flag_contradicting_a_clipag_file(tiny_checkpoint):
     assert "not world-vit" in run("-m", "world-vit", "-c", str(tiny_checkpoint))
 
 
+@pytest.mark.parametrize("repo", ["", "a", "a/b/c", "../x/y", "org/-x"])
+def test_malformed_hub_ids(repo):
+    assert "not a hub repo id" in run("-m", f"hf-hub:{repo}")
+
+
 def test_a_one_member_mix_with_weight_zero(tmp_path):
     assert "must be > 0" in run("-m", "world-robust*0")
 
