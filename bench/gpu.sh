@@ -55,7 +55,11 @@ say() { echo "$*" >&2; }
 # The package as `pip install` would lay it out (cli/ installs as clipag.cli), made of links
 # to this checkout, so `python -m clipag` and the tests run this tree without installing it.
 lay_out_source() {
-  rm -rf "$src" && mkdir -p "$src/clipag" || return 1
+  if [[ -e $src && ! -e $src/.made-by-gpu-sh ]]; then
+    say "$src exists and was not made by bench/gpu.sh: set SRC to a new folder"
+    return 1
+  fi
+  rm -rf "$src" && mkdir -p "$src/clipag" && touch "$src/.made-by-gpu-sh" || return 1
   local entry
   for entry in "$repo"/clipag/*; do ln -s "$entry" "$src/clipag/"; done
   ln -s "$repo/cli" "$src/clipag/cli"

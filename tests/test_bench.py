@@ -231,6 +231,18 @@ def test_gpu_check_dry_run_lists_every_stage_in_the_summary(tmp_path):
     assert not (tmp_path / "src").exists()  # a dry run lays nothing out
 
 
+def test_gpu_check_never_clears_a_folder_it_did_not_make(tmp_path):
+    mine = tmp_path / "src"
+    (mine / "keep").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("REHEARSE", "DRY_RUN")}
+    env.update(OUT=str(tmp_path / "out"), SRC=str(mine), PYTHON=sys.executable)
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 1
+    assert "was not made by bench/gpu.sh" in result.stderr
+    assert (mine / "keep").is_dir()
+
+
 # ---- the bigger world ViT of bench/gpu-world.sh ----
 
 def test_wider_world_vit_checkpoint_carries_its_architecture(tmp_path):
