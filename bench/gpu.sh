@@ -9,7 +9,8 @@
 # generate` on the default model, one on ViT-B-32 with random weights (fp16 autocast),
 # bench/speed.py and bench/train_speed.py. The markdown summary goes to $OUT/gpu-DATE.md when OUT
 # is set, else to bench/results/gpu-DATE.md; the speed results and images go beside it.
-# Environment: PYTHON (python3 or python, whichever has torch), OUT, SITE, SRC, WHEELS, TOTAL_S, DRY_RUN, REHEARSE.
+# Environment: PYTHON (python3 or python, whichever has torch), OUT, SITE, SRC, WHEELS, TOTAL_S,
+# STAGE_SCALE (multiplies every stage's time limit), DRY_RUN, REHEARSE.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +31,7 @@ src=${SRC:-/tmp/clipag-src}   # clipag laid out as installed: clipag/ plus cli/ 
 day=$(date -u +%F)
 if [[ ${REHEARSE:-0} == 1 ]]; then
   dev=cpu
+  scale=${STAGE_SCALE:-4}  # a CPU is slower: longer stage limits (TOTAL_S still applies)
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a shared CPU: spinning OpenMP threads crawl
   gen=(--steps 2 --init-candidates 4)
   gen_vit=(--steps 1 --views 2 --patch-views 2 --init-candidates 2)
@@ -37,6 +39,7 @@ if [[ ${REHEARSE:-0} == 1 ]]; then
   train=(--steps 2 --batch-size 8 --images 64)
 else
   dev=cuda
+  scale=${STAGE_SCALE:-1}
   gen=()
   gen_vit=()
   speed=()
@@ -67,7 +70,7 @@ lay_out_source() {
 
 # stage NAME LIMIT_S COMMAND...: run COMMAND in $src under timeout, log it, add a summary row.
 stage() {
-  local name=$1 limit=$2 slug
+  local name=$1 limit=$(($2 * scale)) slug
   shift 2
   slug=$(echo "$name" | tr -c 'a-zA-Z0-9\n' '-')
   local left=$((deadline - $(date +%s)))
