@@ -182,7 +182,11 @@ def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, o
         overall = progress.add_task("images" if world == 1 else f"rank {rank} images",
                                     total=sum(len(g) for g in mine), info="")
         for group in mine:
-            claims, counts = claim_batch(group, overwrite)
+            try:
+                claims, counts = claim_batch(group, overwrite)
+            except WriteError as exc:
+                raise ClipagError(f"{exc}; kept {written} finished image(s) in {folder} "
+                                  "(rerun to resume)") from None
             busy += counts["busy"]
             progress.advance(overall, len(group) - len(claims))
             if not claims:
@@ -208,9 +212,9 @@ def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, o
                 score = record.get("score")
                 progress.console.print(f"{c.png}  score "
                                        f"{'n/a' if score is None else f'{score:.3f}'}")
-    if busy and not quiet:
-        console.print(f"{busy} image(s) were being made by another live process; "
-                      "rerun later to check they finished")
+    if busy:
+        click.echo(f"note: {busy} image(s) were being made by another live process; "
+                   "rerun later to check they finished", err=True)
 
 
 def device_for_rank(device: str, local_rank: int, world: int) -> str:

@@ -125,6 +125,8 @@ def job_config(config: GenerateConfig, job: Job, recommended: Sequence[tuple[str
     config, changed = with_recommended(config, recommended, set(explicit) | line_fields)
     try:
         config.check()
+        if config.init_image and not Path(config.init_image).is_file():
+            raise ClipagError(f"init image not found: {config.init_image}")
     except ClipagError as exc:
         raise ClipagError(f"{job.where}: {exc}" if job.settings else str(exc)) from None
     return config, changed
@@ -246,6 +248,10 @@ def check_writable(folder: Path) -> None:
 
 # --- claims ---------------------------------------------------------------------------------
 
+class WriteError(ClipagError):
+    """An output or its claim could not be written (disk full, permissions...)."""
+
+
 HOST = socket.gethostname()
 
 
@@ -324,11 +330,11 @@ class Lock:
 def try_lock(png: Path, key: str) -> tuple[Lock | None, dict[str, Any] | None]:
     """Claim an output name: (the lock, None), or (None, what the live holder wrote)."""
     lock = lock_path(png)
-    lock.parent.mkdir(parents=True, exist_ok=True)
     raw = json.dumps({"pid": os.getpid(), "host": HOST, "time": time.time(), "task": key,
                       "token": uuid.uuid4().hex}).encode()
     for _ in range(3):
         try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             held, info = _read_lock(lock)
@@ -338,10 +344,16 @@ def try_lock(png: Path, key: str) -> tuple[Lock | None, dict[str, Any] | None]:
                 _remove_if_unchanged(lock, held)
                 continue
             return None, info or {}
+        except OSError as exc:
+            raise WriteError(f"cannot claim {png} (creating {lock.name}): "
+                             f"{exc.strerror or exc}") from None
         try:
             os.write(fd, raw)
-        finally:
+        except OSError as exc:
             os.close(fd)
+            lock.unlink(missing_ok=True)
+            raise WriteError(f"cannot claim {png}: {exc.strerror or exc}") from None
+        os.close(fd)
         return Lock(lock, raw), None
     return None, {}
 
@@ -443,10 +455,6 @@ def sweep(folder: Path, before: float, names: set[str] | None = None) -> int:
 
 
 # --- computing and writing ------------------------------------------------------------------
-
-class WriteError(ClipagError):
-    """An output could not be written (disk full, permissions...)."""
-
 
 def run_batch(guide: Guide, claims: list[Claim], model_info: dict[str, Any],
               on_step: Callable[[StepInfo], None] | None = None) -> Generation:
