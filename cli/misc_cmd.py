@@ -11,18 +11,21 @@ from rich.console import Console
 from rich.table import Table
 
 from clipag.train.attacks import ThreatModel
-from clipag.train.data import open_dataset, split
+from clipag.train.common import check_writable
+from clipag.train.data import DEFAULT_TEMPLATE, open_dataset, split
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
 from clipag.train.evaluate import zero_shot
 from clipag.fileio import write_text_atomic
+from clipag.generate import GenerateConfig
 from clipag.init import fit, images_for_fit
 from clipag.models import load_guide
 
 from .common import Command, bench_view_options, model_options
-from .params import IntList, Real
+from .params import Count, IntList, Real
 
 out = Console()
+_GEN = GenerateConfig()  # the generation defaults the benchmarks start from
 
 
 @click.group()
@@ -33,21 +36,27 @@ def init():
 @init.command("fit", cls=Command)
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False))
-@click.option("--resolution", type=int, default=16, show_default=True)
-@click.option("--components", type=int, default=16, show_default=True)
-@click.option("--rank", type=int, default=16, show_default=True)
-@click.option("--crops-per-image", type=int, default=1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True)
+@click.option("--resolution", type=Count(2, 256), default=16, show_default=True,
+              help="side of the low-resolution images the mixture models")
+@click.option("--components", type=Count(1, 4096), default=16, show_default=True)
+@click.option("--rank", type=Count(1, 4096), default=16, show_default=True,
+              help="rank of each component's covariance factor")
+@click.option("--crops-per-image", type=Count(1, 10_000), default=1, show_default=True)
+@click.option("--seed", type=Count(0), default=0, show_default=True)
+@click.option("--overwrite", is_flag=True,
+              help="replace an existing OUTPUT (once the new mixture is complete)")
 def init_fit(folder, output, resolution, components, rank, crops_per_image, seed, overwrite):
     """Fit a compact Gaussian mixture over FOLDER's images at low resolution."""
     if Path(output).exists() and not overwrite:
         raise ClipagError(f"{output} exists; pass --overwrite to replace it")
-    if resolution < 2 or components < 1 or rank < 1:
-        raise ClipagError("--resolution >= 2, --components >= 1 and --rank >= 1 please")
+    check_writable(Path(output))
     images, skipped = images_for_fit(folder, resolution, crops_per_image, seed)
     mixture = fit(images, components=components, rank=rank, seed=seed)
-    path = mixture.save(output)
+    try:
+        path = mixture.save(output)
+    except OSError as exc:
+        raise ClipagError(f"could not write {output}: {exc.strerror or exc} (the fit is "
+                          "lost; anything already there is unchanged)") from None
     click.echo(f"{path}: {mixture.components} components fitted on {len(images)} images "
                f"({skipped} unreadable skipped), {path.stat().st_size / 1024:.0f} KB")
 
@@ -56,21 +65,27 @@ def init_fit(folder, output, resolution, components, rank, crops_per_image, seed
 @click.argument("data")
 @model_options()
 @click.option("--norm", type=click.Choice(["l2", "linf"]), default="l2", show_default=True)
-@click.option("--eps", type=Real(), default=1.0, show_default=True, help="0 = clean only")
-@click.option("--attack-steps", type=int, default=10, show_default=True)
-@click.option("--attack-step-size", type=Real(), default=None)
-@click.option("--template", default="a photo of a {}", show_default=True)
-@click.option("--holdout", type=float, default=0.0, show_default=True,
-              help="evaluate only the held-out split of this fraction")
-@click.option("--limit", type=int, default=None, help="at most this many images")
+@click.option("--eps", type=Real(0), default=1.0, show_default=True, help="0 = clean only")
+@click.option("--attack-steps", type=Count(0, 100_000), default=10, show_default=True)
+@click.option("--attack-step-size", type=Real(0, low_open=True), default=None,
+              help="[default: 2.5*eps/steps]")
+@click.option("--template", default=DEFAULT_TEMPLATE, show_default=True)
+@click.option("--holdout", type=Real(0, 1, high_open=True), default=0.0, show_default=True,
+              help="evaluate only the held-out split of this fraction (0 = all the data)")
+@click.option("--limit", type=Count(1), default=None, help="at most this many images")
+@click.option("--batch-size", type=Count(1, 65_536), default=64, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also save as JSON")
 def eval_cmd(data, spec, device, norm, eps, attack_steps, attack_step_size, template, holdout,
-             limit, json_path):
+             limit, batch_size, json_path):
     """Zero-shot accuracy, clean and under PGD, on a labelled class-folder DATA."""
-    dataset = split(open_dataset(data, template), holdout, "eval")
-    guide = load_guide(spec, resolve_device(device))
     threat = ThreatModel(norm, eps, attack_steps, attack_step_size, True)
-    result = zero_shot(guide, dataset, threat, limit=limit)
+    if json_path:
+        check_writable(Path(json_path))
+    dataset = split(open_dataset(data, template), holdout, "eval")
+    if not dataset.classes:
+        raise ClipagError("eval needs a labelled class-folder dataset (class_name/*.jpg)")
+    guide = load_guide(spec, resolve_device(device))
+    result = zero_shot(guide, dataset, threat, batch_size=batch_size, limit=limit)
     table = Table(title=f"zero-shot accuracy of {guide.name} on {data}")
     for column in ("images", "classes", "clean", f"robust ({norm} eps {eps:g})"):
         table.add_column(column)
@@ -80,7 +95,11 @@ def eval_cmd(data, spec, device, norm, eps, attack_steps, attack_step_size, temp
     out.print(table)
     if json_path:
         payload = {"model": guide.name, "data": data, **dataclasses.asdict(result)}
-        write_text_atomic(json_path, json.dumps(payload, indent=2) + "\n")
+        try:
+            write_text_atomic(json_path, json.dumps(payload, indent=2) + "\n")
+        except OSError as exc:
+            raise ClipagError(f"could not write {json_path}: {exc.strerror or exc} (the table "
+                              "above holds the result)") from None
 
 
 @click.group()
@@ -94,17 +113,18 @@ def bench():
                    "settings; A*3+B is one guide mixing A and B with relative weights 3 and 1")
 @click.option("--judge-model", default="world-judge", show_default=True,
               help="held-out CLIP judge (never a guide): a model name or checkpoint file")
-@click.option("--prompts", type=int, default=24, show_default=True)
-@click.option("--steps", type=int, default=100, show_default=True)
+@click.option("--prompts", type=Count(1, 10_000), default=24, show_default=True)
+@click.option("--steps", type=Count(1, 100_000), default=_GEN.steps, show_default=True)
 @bench_view_options
-@click.option("--lr", type=float, default=0.0175, show_default=True)
-@click.option("--threshold", type=float, default=0.95, show_default=True,
-              help="dynamic-thresholding percentile (0 = clamp)")
-@click.option("--init", default="gmm", show_default=True,
+@click.option("--lr", type=Real(0, low_open=True), default=_GEN.lr, show_default=True)
+@click.option("--threshold", type=Real(0, 1, high_open=True), default=_GEN.threshold,
+              show_default=True, help="dynamic-thresholding percentile (0 = clamp)")
+@click.option("--init", default=_GEN.init, show_default=True,
               help="gmm, noise, a mixture file or crossflow[:FILE]")
-@click.option("--init-candidates", type=int, default=1000, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--init-candidates", type=Count(1, 1_000_000), default=_GEN.init_candidates,
+              show_default=True)
+@click.option("--batch-size", type=Count(1, 4096), default=8, show_default=True)
+@click.option("--seed", type=Count(0), default=0, show_default=True)
 @click.option("--out", "-o", default="bench/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
@@ -116,14 +136,35 @@ def bench_pag(guides, judge_model, prompts, steps, settings, lr, threshold, init
     from clipag.world.benchmark import run
     from clipag.generate import GenerateConfig
 
+    names = _names(guides, "--guides")
     config = GenerateConfig(steps=steps, init=init, init_candidates=init_candidates, lr=lr,
                             threshold=threshold, **settings)
     config.check()
+    check_writable(Path(out) / "pag.md")
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench pag"
-    _, table = run([g.strip() for g in guides.split(",") if g.strip()], judge_model, prompts,
-                   config, Path(out), resolve_device(device), batch_size, seed, command)
+    try:
+        _, table = run(names, judge_model, prompts, config, Path(out), resolve_device(device),
+                       batch_size, seed, command)
+    except OSError as exc:
+        raise ClipagError(_os_failure(exc)) from None
     out_console = Console()
     out_console.print(table.read_text())
+
+
+def _os_failure(exc: OSError) -> str:
+    """One line for a late filesystem failure (results already written stay complete: each
+    file is written atomically)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"stopped: {exc.strerror or exc}{where}"
+
+
+def _names(text: str, option: str) -> list[str]:
+    """The entries of a comma-separated option, or a one-line error when it names none."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ClipagError(f"{option} names nothing: give a comma-separated list, e.g. "
+                          f"{'world-robust' if option == '--guides' else 'gmm,crossflow'}")
+    return names
 
 
 @bench.command("init", cls=Command)
@@ -135,13 +176,15 @@ def bench_pag(guides, judge_model, prompts, steps, settings, lr, threshold, init
               help="comma-separated inits: gmm, crossflow, crossflow:FILE, a mixture file")
 @click.option("--refiner-steps", type=IntList(0, 100_000), default="0,25,50,100", show_default=True,
               help="comma-separated refiner step counts (0 = the start image alone)")
-@click.option("--prompts", type=int, default=16, show_default=True)
+@click.option("--prompts", type=Count(1, 10_000), default=16, show_default=True)
 @bench_view_options
-@click.option("--init-candidates", type=int, default=1000, show_default=True)
-@click.option("--flow-steps", type=int, default=10, show_default=True)
-@click.option("--flow-guidance", type=float, default=2.0, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--init-candidates", type=Count(1, 1_000_000), default=_GEN.init_candidates,
+              show_default=True)
+@click.option("--flow-steps", type=Count(1, 10_000), default=_GEN.flow.steps, show_default=True)
+@click.option("--flow-guidance", type=Real(0, 100), default=_GEN.flow.guidance,
+              show_default=True)
+@click.option("--batch-size", type=Count(1, 4096), default=8, show_default=True)
+@click.option("--seed", type=Count(0), default=0, show_default=True)
 @click.option("--out", "-o", default="bench/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
@@ -154,7 +197,7 @@ def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, init
     from clipag.flow.crossflow import SampleConfig
     from clipag.generate import GenerateConfig, check_init
 
-    names = [i.strip() for i in inits.split(",") if i.strip()]
+    names = _names(inits, "--inits")
     for name in names:
         check_init(name)
     if not refiner_steps or min(refiner_steps) < 0:
@@ -162,7 +205,11 @@ def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, init
     config = GenerateConfig(init_candidates=init_candidates,
                             flow=SampleConfig(flow_steps, flow_guidance), **settings)
     config.check()
+    check_writable(Path(out) / "init.md")
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench init"
-    _, table = run_inits(guide, judge_model, prompts, names, list(refiner_steps), config,
-                         Path(out), resolve_device(device), batch_size, seed, command)
+    try:
+        _, table = run_inits(guide, judge_model, prompts, names, list(refiner_steps), config,
+                             Path(out), resolve_device(device), batch_size, seed, command)
+    except OSError as exc:
+        raise ClipagError(_os_failure(exc)) from None
     Console().print(table.read_text())

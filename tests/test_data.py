@@ -6,7 +6,8 @@ import tarfile
 import pytest
 import torch
 
-from clipag.train.data import BatchStream, in_holdout, load_all, open_dataset, split
+from clipag.train.data import (DEFAULT_TEMPLATE, BatchStream, in_holdout, load_all,
+                               open_dataset, split)
 from clipag.errors import ClipagError
 
 
@@ -33,7 +34,7 @@ def test_manifests(tmp_path, world_captions):
 
 
 def test_class_folders(world_classes):
-    ds = open_dataset(world_classes, template="a photo of a {}")
+    ds = open_dataset(world_classes, template=DEFAULT_TEMPLATE)
     assert ds.classes == ["circle", "cross", "square", "triangle"]
     assert ds.class_prompts()[0] == "a photo of a circle"
     assert {r.label for r in ds.records} == {0, 1, 2, 3}

@@ -431,3 +431,60 @@ def test_a_state_that_cannot_be_saved_stops_with_what_was_kept(tmp_path, world_c
     with pytest.raises(ClipagError, match=r"could not save the training state of step 4 .*"
                                           r"kept: the training state of step 2"):
         robustify(_config(tmp_path, world_captions), TINY, CPU)
+
+
+# eval, bench, init fit: ranges, empty lists, unwritable outputs refused before the work
+
+def _main(args):
+    from cli.main import cli
+    return CliRunner().invoke(cli, args)
+
+
+@pytest.mark.parametrize("args", [
+    ["bench", "pag", "--prompts", "0"], ["bench", "pag", "--guides", ","],
+    ["bench", "pag", "--guides", " , "], ["bench", "pag", "--batch-size", "0"],
+    ["bench", "pag", "--lr", "nan"], ["bench", "pag", "--threshold", "1"],
+    ["bench", "pag", "--steps", "0"], ["bench", "pag", "--init-candidates", "0"],
+    ["bench", "pag", "--noise", "nan"], ["bench", "init", "--inits", ","],
+    ["bench", "init", "--prompts", "0"], ["bench", "init", "--flow-guidance", "inf"],
+    ["bench", "init", "--flow-steps", "0"], ["bench", "init", "--seed", "-1"],
+    ["eval", "DATA", "--holdout", "1.5"], ["eval", "DATA", "--eps", "nan"],
+    ["eval", "DATA", "--attack-steps", "-1"], ["eval", "DATA", "--limit", "0"],
+    ["eval", "DATA", "--attack-step-size", "inf"], ["eval", "DATA", "--batch-size", "0"],
+    ["init", "fit", "DATA", "-o", "OUT", "--resolution", "1"],
+    ["init", "fit", "DATA", "-o", "OUT", "--components", "0"],
+    ["init", "fit", "DATA", "-o", "OUT", "--rank", "0"],
+    ["init", "fit", "DATA", "-o", "OUT", "--crops-per-image", "0"]])
+def test_eval_bench_and_init_numbers_are_range_checked(tmp_path, world_classes, args):
+    args = [str(world_classes) if a == "DATA" else str(tmp_path / "o.st") if a == "OUT" else a
+            for a in args]
+    result = _main([*args, "--out", str(tmp_path / "res")] if args[0] == "bench" else args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and not list(tmp_path.iterdir())
+
+
+def test_eval_refuses_an_unwritable_json_before_loading_and_writes_a_good_one(
+        tmp_path, world_classes, tiny_checkpoint):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    base = ["eval", str(world_classes), "-c", str(tiny_checkpoint), "--eps", "0", "--limit", "8"]
+    result = _main([*base, "--json", str(blocker / "r.json")])
+    assert result.exit_code == 2 and "cannot write" in result.output
+    result = _main([*base, "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["images"] == 8 and report["robust_accuracy"] is None
+
+
+def test_eval_on_unlabelled_data_is_one_line(world_captions, tiny_checkpoint):
+    result = _main(["eval", str(world_captions), "-c", str(tiny_checkpoint)])
+    assert result.exit_code == 2 and "class-folder" in result.output
+
+
+def test_bench_refuses_an_unwritable_out_before_loading(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for command in ("pag", "init"):
+        result = _main(["bench", command, "--out", str(blocker / "res"), "--judge-model",
+                        str(tmp_path / "missing.safetensors")])
+        assert result.exit_code == 2 and "cannot write" in result.output, result.output
