@@ -26,7 +26,8 @@ from clipag.cli.params import Count, Real, Sides
 MODEL = {"model": "m", "pretrained": None, "files": {}}
 
 
-def tasks_for(prompts, tmp_path, model=MODEL, config=GenerateConfig(), **run):
+def tasks_for(prompts, tmp_path, model=MODEL, config=None, **run):
+    config = config or GenerateConfig()
     jobs = [p if isinstance(p, Job) else Job(p) for p in prompts]
     tasks, _ = plan(jobs, config, RunConfig(outdir=str(tmp_path), **run), model)
     return tasks
