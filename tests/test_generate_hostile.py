@@ -116,6 +116,24 @@ def test_a_late_write_failure_says_what_was_kept(tmp_path, tiny_checkpoint, monk
     assert len(list(out.glob("*.png"))) == 2
 
 
+def test_ctrl_c_keeps_what_was_finished_and_releases_its_claims(tmp_path, tiny_checkpoint,
+                                                               monkeypatch):
+    real = clipag.batch.generate
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clipag.batch, "generate", interrupted)
+    out = tmp_path / "out"
+    result = run("a cat", "-c", tiny_checkpoint, "-d", out, "--samples", 3, *FAST)
+    assert result.exit_code == 130 and "finished outputs were kept" in result.output
+    assert len(pngs(out)) == 1 and leftovers(out) == []
+
+
 # --- resume trusts the sidecar, not the name --------------------------------------------------
 
 def pngs(folder):
