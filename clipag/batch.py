@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import ClipagError
 from .generate import GenerateConfig, Generation, StepInfo, generate, with_recommended
-from .models import DEFAULT_PRESET, Guide, ModelSpec
+from .models import DEFAULT_PRESET, PRESETS, Guide, ModelSpec
 from .output import (companions, image_format, read_sidecar, save_gif, save_image, save_sidecar,
                      slug)
 from .prompts import Job
@@ -46,6 +46,8 @@ class RunConfig:
     outdir: str = "outputs"
     overwrite: bool = False
 
+
+ASSETS = Path(__file__).parent / "assets"  # where the embedded models live
 
 # settings that change no pixel of the image (save_every adds a GIF beside it): a rerun that
 # changes only them resumes
@@ -90,7 +92,12 @@ def model_identity(spec: ModelSpec) -> dict[str, Any]:
     of a guide mix)."""
     name = spec.model if (spec.model or spec.checkpoint) else DEFAULT_PRESET
     files = {}
-    for part in [spec.checkpoint or "", *re.split(r"[+*]", spec.model or "")]:
+    parts = [spec.checkpoint or "", *re.split(r"[+*]", name or "")]
+    for part in parts:
+        preset = PRESETS.get(part.strip()) if not spec.checkpoint else None
+        if preset is not None and preset.source.startswith("embedded:"):  # rebuilt? new key
+            parts.append(str(ASSETS / preset.source.split(":", 1)[1]))
+    for part in parts:
         part = part.strip()
         if part and Path(part).is_file():
             try:

@@ -171,7 +171,9 @@ def test_checkpoint_fingerprint_tells_files_apart(tmp_path):
     assert file_fingerprint(moved) == file_fingerprint(one)
     ids = [model_identity(ModelSpec(checkpoint=str(p))) for p in (one, two)]
     assert ids[0] != ids[1]
-    assert model_identity(ModelSpec())["model"] == "world-robust"
+    default = model_identity(ModelSpec())
+    assert default["model"] == "world-robust"
+    assert "world-robust.safetensors" in default["files"]  # a rebuilt embedded model: new key
 
 
 # --- claims -----------------------------------------------------------------------------------
