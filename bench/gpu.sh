@@ -134,12 +134,12 @@ if [[ $dry != 1 ]]; then
   export PYTHONPATH="$src:$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-stage "install missing wheels" 45 "$py" "$repo/bench/wheels.py" install "$wheels" --target "$site"
-stage "CUDA tests" 90 "$py" -m pytest -p no:cacheprovider -W ignore -rs -c "$repo/pyproject.toml" \
+stage "install missing wheels" 60 "$py" "$repo/bench/wheels.py" install "$wheels" --target "$site"
+stage "CUDA tests" 85 "$py" -m pytest -p no:cacheprovider -W ignore -rs -c "$repo/pyproject.toml" \
   --rootdir "$repo" "$repo/tests/test_cuda.py" "$repo/tests/test_bench.py"
-stage "generate, default model" 45 "$py" -m clipag generate "a red circle on a blue background" \
+stage "generate, default model" 40 "$py" -m clipag generate "a red circle on a blue background" \
   --device "$dev" "${gen[@]}" -o "$out/gpu-$day-default.png" --overwrite -q
-stage "generate, ViT-B-32 random weights, fp16" 60 "$py" -m clipag generate "a photo of a red car" \
+stage "generate, ViT-B-32 random weights, fp16" 55 "$py" -m clipag generate "a photo of a red car" \
   --model ViT-B-32 --pretrained none --device "$dev" "${gen_vit[@]}" -o "$out/gpu-$day-vitb32.png" \
   --overwrite -q
 stage "speed benchmark" 170 "$py" "$repo/bench/speed.py" --device "$dev" "${speed[@]}" \

@@ -310,7 +310,7 @@ def cells(row: Row) -> list[str]:
 def markdown(rows: list[Row], meta: dict) -> str:
     lines = [f"# Generation speed, {meta['date']}", "",
              f"Device: {meta['device']} ({meta['device_name']}), torch {meta['torch']}, "
-             f"{meta['threads']} CPU threads. Command: `{meta['command']}`.", "",
+             f"torch threads {meta['threads']}. Command: `{meta['command']}`.", "",
              f"s/step: mean of the timed steps; s/image = {meta['image_steps']} steps x s/step "
              "(optimisation only: no model loading, no start image). Outside model = 1 - "
              "(fastest forward+backward of the same views alone) / (fastest step), the two "

@@ -297,7 +297,7 @@ def install(folder: Path, target: Path) -> list[Path]:
           f"{', '.join(WheelName.parse(w.name).name for w in wheels)}")
     if has_pip():
         subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-                        "--disable-pip-version-check", "-q", "--target", str(target),
+                        "--disable-pip-version-check", "--no-compile", "-q", "--target", str(target),
                         *map(str, wheels)], check=True)
     else:
         unpack(wheels, target)
