@@ -30,7 +30,8 @@ class Command(click.Command):
             sys.exit(130)
         except torch_oom() as exc:  # noqa: B030 - built lazily to keep import light
             click.echo(f"error: out of memory ({str(exc).splitlines()[0][:160]}); lower "
-                       "--views, --batch-size or --size", err=True)
+                       "--view-batch (views through the model at a time), --views, "
+                       "--batch-size or --size", err=True)
             sys.exit(3)
 
 
@@ -41,8 +42,26 @@ def torch_oom():
 
 
 class Group(click.Group):
+    """The top-level group: a usage error (a value out of its declared range, a missing
+    argument) is one line naming the option, like every other error, not click's three."""
+
     command_class = Command
     group_class = type
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) else prog_name or "clipag"
+            hint = f" (see {where} --help)" if isinstance(exc, click.UsageError) else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 def model_options(default_hint: str = "world-robust", mix: bool = False):
