@@ -109,34 +109,41 @@ def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, a
     config.validate()
     dev = resolve_device(device)
     kept: dict[str, int] = {}  # "step": what the state on disk holds; "trained": steps run
+    # The bar starts with the first step (or a resume), so an error found while the data,
+    # model and saved state are checked is the only line printed.
+    progress = Progress(TextColumn("[bold]robustify"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                        TextColumn("{task.fields[info]}"), console=console, disable=quiet)
+    task = progress.add_task("train", total=steps, info="")
+
+    def show(step):
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=step)
+
+    def on_log(log):
+        progress.update(task, info=f"loss {log.loss:.4f} clean {log.clean_loss:.4f} "
+                                  f"lr {log.lr:.2e} {log.images_per_s:.0f} img/s"
+                                  + (f" skipped {log.skipped}" if log.skipped else ""))
+        if quiet is False and not console.is_terminal:
+            console.print(f"step {log.step} loss {log.loss:.4f} {log.images_per_s:.0f} img/s")
+
+    def on_state(step, path):
+        if "trained" not in kept and not quiet:  # before the first step: a resume
+            console.print(f"resuming {path} at step {step}")
+        kept["step"] = step
+
+    def on_step(step):
+        kept["trained"] = step
+        show(step)
+
     try:
-        with Progress(TextColumn("[bold]robustify"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                      TextColumn("{task.fields[info]}"), console=console,
-                      disable=quiet) as progress:
-            task = progress.add_task("train", total=steps, info="")
-
-            def on_log(log):
-                progress.update(task, info=f"loss {log.loss:.4f} clean {log.clean_loss:.4f} "
-                                          f"lr {log.lr:.2e} {log.images_per_s:.0f} img/s"
-                                          + (f" skipped {log.skipped}" if log.skipped else ""))
-                if quiet is False and not console.is_terminal:
-                    console.print(f"step {log.step} loss {log.loss:.4f} "
-                                  f"{log.images_per_s:.0f} img/s")
-
-            def on_state(step, path):
-                if "trained" not in kept:  # before the first step: a resume
-                    progress.update(task, completed=step)
-                    if not quiet:
-                        console.print(f"resuming {path} at step {step}")
-                kept["step"] = step
-
-            def on_step(step):
-                kept["trained"] = step
-                progress.update(task, completed=step)
-
+        try:
             path = robustify(config, spec, dev, on_log=on_log, on_state=on_state,
                              on_step=on_step)
+        finally:
+            if progress.live.is_started:
+                progress.stop()
     except KeyboardInterrupt:
         saved = state_path(Path(out))
         if saved.exists():
