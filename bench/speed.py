@@ -275,9 +275,9 @@ def load_model(name: str, device: torch.device) -> Guide:
     if name in ARCH_CONFIGS or open_clip.get_model_config(name) is not None:
         model, tokenizer = build_model(name, seed=0)
         return _guide(model, tokenizer, f"{name} (random init)", {"arch": name}).to(device)
-    from clipag.ensemble import load_named
+    from clipag.load import load_model
 
-    return load_named(name, device, quiet=True)
+    return load_model(name, device=device)
 
 
 def device_name(device: torch.device) -> str:

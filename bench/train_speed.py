@@ -13,7 +13,7 @@ import torch
 from clipag.world import scenes as world
 from clipag.train.attacks import ThreatModel
 from clipag.device import resolve_device
-from clipag.models import ModelSpec
+from clipag.load import ModelSpec
 from clipag.train.robustify import TrainConfig, robustify
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from clipag.checkpoint import save_checkpoint
 from clipag.device import resolve_device
-from clipag.models import ARCH_CONFIGS, ModelSpec, build_model
+from clipag.load import ModelSpec
+from clipag.models import ARCH_CONFIGS, build_model
 from clipag.train.attacks import ThreatModel
 from clipag.train.robustify import TrainConfig, robustify
 

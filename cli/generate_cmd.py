@@ -13,10 +13,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from clipag.batch import (RunConfig, WriteError, batches, check_writable, claim_batch, finished,
                           model_identity, plan, rank_and_world, release, run_batch, share, sweep)
 from clipag.device import resolve_device
-from clipag.ensemble import load_spec
 from clipag.errors import ClipagError
 from clipag.generate import GenerateConfig
-from clipag.models import DEFAULT_PRESET, PRESETS, ModelSpec
+from clipag.load import load_spec, preset_of
+from clipag.models import DEFAULT_PRESET, PRESETS
 from clipag.prompts import Job, parse_prompt, read_prompts_file, unknown_words, world_vocabulary
 from clipag.settings import SETTINGS, Setting, apply, config_default
 
@@ -62,14 +62,6 @@ def flag_of(field: str) -> str:
         if s.path and s.path[-1].lstrip("*") == field:
             return "--" + s.name.replace("_", "-")
     return "--" + field.replace("_", "-")
-
-
-def preset_name(spec: ModelSpec) -> str | None:
-    """The preset a spec names, if it names one (no checkpoint; no model = the default)."""
-    if spec.checkpoint is not None:
-        return None
-    name = spec.model or DEFAULT_PRESET
-    return name if name in PRESETS else None
 
 
 @click.command(cls=Command)
@@ -138,8 +130,8 @@ def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, o
     config = apply(GenerateConfig(), values)
     explicit = frozenset(field_name(k) for k in values
                          if ctx.get_parameter_source(k) != ParameterSource.DEFAULT)
-    preset = preset_name(spec)
-    recommended = PRESETS[preset].recommended if preset else ()
+    preset = preset_of(spec)
+    recommended = preset.recommended if preset else ()
     output_path = Path(output) if output else None
     tasks, changed = plan(jobs, config, run, model_identity(spec), tuple(negative), output_path,
                           recommended, explicit)
@@ -161,13 +153,13 @@ def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, o
         console.print("with its recommended settings: " + " ".join(
             f"{flag_of(k)} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
             for k, v in changed.items()))
-    if preset in WORLD_PRESETS and rank == 0:
+    if preset is not None and preset.name in WORLD_PRESETS and rank == 0:
         texts = [t.prompt for t in todo] + [n for t in todo for n in t.negatives]
         unknown = unknown_words(texts, world_vocabulary())
         if unknown:
             shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)"
                                                if len(unknown) > 10 else "")
-            click.echo(f"note: {preset} knows only its procedural world's words (colours, "
+            click.echo(f"note: {preset.name} knows only its procedural world's words (colours, "
                        f"shapes, sizes, positions, counts, digits), not: {shown}; for real "
                        f"prompts use --model {REAL_PRESET}", err=True)
     dev = resolve_device(device_for_rank(device, local, world))

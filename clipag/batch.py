@@ -28,7 +28,8 @@ from typing import Any, Callable, Sequence
 
 from .errors import ClipagError
 from .generate import GenerateConfig, Generation, StepInfo, generate, with_recommended
-from .models import DEFAULT_PRESET, PRESETS, Guide, ModelSpec
+from .load import ModelSpec
+from .models import DEFAULT_PRESET, PRESETS, Guide
 from .output import (companions, image_format, read_sidecar, save_gif, save_image, save_sidecar,
                      slug)
 from .prompts import Job

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from ..ensemble import load_named
 from ..fileio import write_text_atomic
 from ..generate import GenerateConfig, generate, guide_score, prepare
 from ..init import init_source, upsample
 from .judge import judge, read_image
-from ..models import Guide, load_guide, spec_for
+from ..load import load_model
+from ..models import Guide
 from ..output import save_grid
 from .scenes import WorldConfig, full_caption, sample
 from .scenes import parse_prompt as prompt_attributes
@@ -179,10 +179,10 @@ def run(guides: list[str], judge_model: str, prompts: int, config: GenerateConfi
         command: str = "") -> tuple[list[GuideReport], Path]:
     out.mkdir(parents=True, exist_ok=True)
     texts = suite(prompts)
-    held_out = load_guide(spec_for(judge_model), device)
+    held_out = load_model(judge_model, device=device, quiet=False)
     reports, rows = [], []
     for name in guides:
-        guide = load_named(name, device)
+        guide = load_model(name, device=device, quiet=False)
         report, images = run_guide(guide, held_out, texts, config, batch_size, seed)
         reports.append(report)
         rows.extend(images)
@@ -216,8 +216,8 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
     number of steps (0: the start image alone), under one guide and one judge."""
     out.mkdir(parents=True, exist_ok=True)
     texts = suite(prompts)
-    held_out = load_guide(spec_for(judge_model), device)
-    guide = load_named(guide_name, device)
+    held_out = load_model(judge_model, device=device, quiet=False)
+    guide = load_model(guide_name, device=device, quiet=False)
     reports, rows = [], []
     for init in inits:
         for steps in refiner_steps:
