@@ -10,4 +10,6 @@ if [[ $# -lt 1 || $# -gt 2 ]]; then
 fi
 here=$(cd "$(dirname "$0")" && pwd)
 dest=${2:-$here/wheels}
-exec "${PYTHON:-python3}" "$here/wheels.py" download --python-version "$1" --dest "$dest"
+# BOX_HAS=scipy,click,... skips packages the box already has (see bench/README.md).
+exec "${PYTHON:-python3}" "$here/wheels.py" download --python-version "$1" --dest "$dest" \
+  --box-has "${BOX_HAS:-}"

@@ -207,12 +207,13 @@ def pip_fetch(dest: Path, python_version: str) -> Callable[[object], Path]:
     return fetch
 
 
-def download(python_version: str, dest: Path) -> dict[str, tuple[Path, str]]:
+def download(python_version: str, dest: Path, box_has: Iterable[str] = ()
+             ) -> dict[str, tuple[Path, str]]:
     from packaging.requirements import Requirement
 
     dest.mkdir(parents=True, exist_ok=True)
     env = marker_environment(python_version)
-    skip = box_provides(env)
+    skip = box_provides(env, (*BOX_HAS, *box_has))
     roots = [Requirement(r) for r in [*project_roots(), *EXTRA_ROOTS]]
     got = closure(roots, skip, pip_fetch(dest, python_version), env)
     keep = {path for path, _ in got.values()}
@@ -311,6 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     down = sub.add_parser("download", help="fetch the wheels (needs the network)")
     down.add_argument("--python-version", required=True, help="e.g. 3.12")
     down.add_argument("--dest", type=Path, default=ROOT / "bench" / "wheels")
+    down.add_argument("--box-has", default="",
+                      help="comma-separated packages the box already has (skipped with what "
+                           "only they need), e.g. scipy,click,rich,pillow")
     inst = sub.add_parser("install", help="install the missing ones (offline)")
     inst.add_argument("folder", type=Path)
     inst.add_argument("--target", type=Path, required=True)
@@ -318,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "download":
         if not re.fullmatch(r"3\.\d+", args.python_version):
             parser.error(f"--python-version must look like 3.12, got {args.python_version!r}")
-        download(args.python_version, args.dest)
+        download(args.python_version, args.dest,
+                 [n.strip() for n in args.box_has.split(",") if n.strip()])
     else:
         if not args.folder.is_dir():
             raise SystemExit(f"error: no wheel folder {args.folder}: run bench/gpu-wheels.sh "
