@@ -5,12 +5,12 @@ import torch
 
 import torch.nn.functional as F
 
-from clipag.flow.crossflow import (EMA, CrossFlow, FlowConfig, LossWeights, SampleConfig, flow_loss,
+from clipag.flow.crossflow import (EMA, CrossFlow, FlowConfig, SampleConfig, flow_loss,
                                    kl_to_standard_normal, load_flow, official_ve_regulariser,
                                    sample, save_flow)
 from clipag.flow.train import FlowTrainConfig, train_flow
 from clipag.errors import ClipagError
-from clipag.models import ModelSpec
+from clipag.load import ModelSpec
 
 TINY = FlowConfig(text_dim=32, resolution=8, patch=2, width=32, depth=2, heads=2,
                   ve_hidden=64, embed_dim=16)

@@ -37,7 +37,8 @@ from torch import nn
 
 from ..checkpoint import check_compatible, load_state_dict, read_meta, save_checkpoint
 from ..errors import ClipagError
-from ..models import Guide, ModelSpec, load_guide
+from ..load import ModelSpec, load_spec
+from ..models import Guide
 from ..prompts import WeightedPrompt
 
 
@@ -371,7 +372,7 @@ def text_guide_for(meta: dict, device: torch.device, guide: Guide | None = None,
     if spec is None or (spec.model is None and spec.checkpoint is None):
         name = meta.get("text_model", "")
         spec = ModelSpec(checkpoint=name) if Path(name).suffix else ModelSpec(model=name)
-    text = load_guide(spec, device, quiet=True)
+    text = load_spec(spec, device, quiet=True)
     if probe and not same_text_tower(probe, text.encode_texts):
         raise ClipagError(f"this CrossFlow was trained on the text tower of "
                           f"{meta.get('text_model')!r}; {text.name} has a different one")

@@ -20,7 +20,8 @@ from .crossflow import (CONTRASTS, EMA, CrossFlow, FlowConfig, LossWeights, flow
                         text_probe)
 from ..train.data import BatchStream, load_all, open_dataset
 from ..errors import ClipagError
-from ..models import Guide, ModelSpec, load_guide
+from ..load import ModelSpec, load_spec
+from ..models import Guide
 from ..train.common import (average_gradients, barrier, finished, init_distributed, load_state,
                        lr_factor, restore, save_state, state_path)
 
@@ -127,7 +128,7 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
     if not config.overwrite and finished(out, config.resume):
         return out
     torch.manual_seed(config.seed)
-    text_guide = load_guide(text_spec, device, quiet=rank != 0)
+    text_guide = load_spec(text_spec, device, quiet=rank != 0)
     text_guide.model.requires_grad_(False)
     texts = TextCache(text_guide)
     dataset = open_dataset(config.data, config.template)
