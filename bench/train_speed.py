@@ -37,7 +37,7 @@ def main():
             logs = []
             config = TrainConfig(data=str(data), out=str(Path(tmp) / f"{eps}.safetensors"),
                                  steps=args.steps, batch_size=args.batch_size, lr=1e-4,
-                                 log_every=1, train_text=False,
+                                 log_every=1, train_text=False, save_every=0,
                                  threat=ThreatModel("l2", eps, args.attack_steps))
             start = time.perf_counter()
             robustify(config, ModelSpec(model=args.model, pretrained="none"), device,

@@ -63,7 +63,7 @@ def throughput(checkpoint: str, data: str, batch_size: int, steps: int, train_te
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(data=data, out=str(Path(tmp) / "calibrate.safetensors"),
                              steps=steps, batch_size=batch_size, lr=1e-4, log_every=1,
-                             train_text=train_text, threat=threat)
+                             train_text=train_text, threat=threat, save_every=0)
         robustify(config, ModelSpec(checkpoint=checkpoint), device, on_log=logs.append)
     timed = logs[1:] or logs
     return sum(log.images_per_s for log in timed) / len(timed)

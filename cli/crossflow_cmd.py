@@ -11,6 +11,7 @@ from clipag.flow.crossflow import (CONTRASTS, DEFAULT_FLOW, REGULARISERS, TIME_S
                                    LossWeights, SampleConfig, load_flow, text_guide_for)
 from clipag.flow.train import FlowTrainConfig, train_flow
 from clipag.device import resolve_device
+from clipag.train.data import DEFAULT_TEMPLATE
 from clipag.errors import ClipagError
 from clipag.init import upsample
 from clipag.output import save_png, slug
@@ -63,7 +64,7 @@ def crossflow():
 @click.option("--save-every", type=Count(0), default=100, show_default=True)
 @click.option("--log-every", type=Count(1), default=50, show_default=True)
 @click.option("--seed", type=Count(0), default=0, show_default=True)
-@click.option("--template", default="a photo of a {}", show_default=True,
+@click.option("--template", default=DEFAULT_TEMPLATE, show_default=True,
               help="caption template for class folders")
 @click.option("--resume", is_flag=True, help="continue from the saved training state")
 @click.option("--overwrite", is_flag=True,

@@ -137,7 +137,7 @@ def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, o
                           recommended, explicit)
     folder = output_path.parent if output_path else Path(outdir)
     check_writable(folder)
-    rank, world, local = rank_and_world()
+    rank, world, _ = rank_and_world()
     todo = tasks if overwrite else [t for t in tasks if finished(t) is None]
     if len(todo) < len(tasks) and not quiet and rank == 0:
         console.print(f"skipping {len(tasks) - len(todo)} finished image(s)")
@@ -162,7 +162,7 @@ def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, o
             click.echo(f"note: {preset.name} knows only its procedural world's words (colours, "
                        f"shapes, sizes, positions, counts, digits), not: {shown}; for real "
                        f"prompts use --model {REAL_PRESET}", err=True)
-    dev = resolve_device(device_for_rank(device, local, world))
+    dev = resolve_device(device)
     guide = load_spec(spec, dev, quiet=quiet)
     model_info = {k: v for k, v in guide.info.items() if k != "config"}
     model_info.update(name=guide.name, checkpoint_name=guide.info.get("name"))
@@ -208,13 +208,3 @@ def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, o
         click.echo(f"note: {busy} image(s) were being made by another live process; "
                    "rerun later to check they finished", err=True)
 
-
-def device_for_rank(device: str, local_rank: int, world: int) -> str:
-    """Under torchrun (WORLD_SIZE > 1), `auto` and `cuda` mean this process's own GPU,
-    cuda:LOCAL_RANK, where CUDA exists."""
-    if world > 1 and (device or "auto").strip().lower() in ("auto", "cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda:{local_rank}"
-    return device

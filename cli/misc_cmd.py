@@ -19,7 +19,7 @@ from clipag.train.evaluate import zero_shot
 from clipag.fileio import write_text_atomic
 from clipag.generate import GenerateConfig
 from clipag.init import fit, images_for_fit
-from clipag.models import load_guide
+from clipag.load import load_spec
 
 from .common import Command, bench_view_options, model_options
 from .params import Count, IntList, Real
@@ -84,7 +84,7 @@ def eval_cmd(data, spec, device, norm, eps, attack_steps, attack_step_size, temp
     dataset = split(open_dataset(data, template), holdout, "eval")
     if not dataset.classes:
         raise ClipagError("eval needs a labelled class-folder dataset (class_name/*.jpg)")
-    guide = load_guide(spec, resolve_device(device))
+    guide = load_spec(spec, resolve_device(device))
     result = zero_shot(guide, dataset, threat, batch_size=batch_size, limit=limit)
     table = Table(title=f"zero-shot accuracy of {guide.name} on {data}")
     for column in ("images", "classes", "clean", f"robust ({norm} eps {eps:g})"):

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import ClipagError
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """Turn `auto`, `cpu`, `cuda` or `cuda:N` into a device that exists, or fail clearly."""
+def resolve_device(spec: str = "auto", env: dict[str, str] | None = None) -> torch.device:
+    """Turn `auto`, `cpu`, `cuda` or `cuda:N` into a device that exists, or fail clearly.
+    Under torchrun (WORLD_SIZE > 1), `auto` and `cuda` mean this process's own GPU,
+    cuda:LOCAL_RANK, so the ranks of every command spread over the node's GPUs."""
     spec = (spec or "auto").strip().lower()
+    env = os.environ if env is None else env
+    if spec in ("auto", "cuda") and torch.cuda.is_available() and \
+            int(env.get("WORLD_SIZE", "1") or 1) > 1:
+        spec = f"cuda:{int(env.get('LOCAL_RANK', '0') or 0)}"
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":

@@ -89,13 +89,3 @@ def load_mix(text: str, load: Callable[[str], Guide]) -> Guide:
         return load(text)
     members = parse_mix(text)
     return ensemble([load(name) for name, _ in members], [w for _, w in members], name=text)
-
-
-def __getattr__(name: str):  # transitional: these moved to clipag.load
-    if name in ("load_named", "load_spec"):
-        from . import load
-
-        if name == "load_spec":
-            return load.load_spec
-        return lambda text, device, quiet=False: load.load_spec(load.spec_for(text), device, quiet)
-    raise AttributeError(name)

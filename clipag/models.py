@@ -244,16 +244,3 @@ def activation(model: torch.nn.Module) -> str:
         if type(module).__name__ == "QuickGELU":
             return "QuickGELU"
     return "GELU"
-
-
-def __getattr__(name: str):  # transitional: loading moved to clipag.load
-    if name in ("ModelSpec", "spec_for", "load_guide"):
-        from . import load
-
-        return {"ModelSpec": load.ModelSpec, "spec_for": load.spec_for,
-                "load_guide": load.load_spec}[name]
-    if name == "cache_dir":
-        from .hub import cache_dir
-
-        return cache_dir
-    raise AttributeError(name)

@@ -117,7 +117,7 @@ def test_url_downloads_into_cache(tmp_path, tiny_guide, tiny_checkpoint):
 
 
 def test_unreachable_url_says_what_to_fetch(tmp_path):
-    with pytest.raises(ClipagError, match="could not download https://example.invalid/w.pt .*save it as .*cache"):
+    with pytest.raises(ClipagError, match="could not download https://example.invalid/w.pt .*save"):
         load_guide(ModelSpec(model="clipag-tiny", pretrained="https://example.invalid/w.pt"), CPU)
 
 

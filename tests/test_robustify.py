@@ -13,7 +13,7 @@ from clipag.checkpoint import read_meta
 from clipag.train.data import BatchStream, open_dataset
 from clipag.errors import ClipagError
 from clipag.train.evaluate import zero_shot
-from clipag.models import ModelSpec, load_guide
+from clipag.load import ModelSpec, load_spec as load_guide
 from clipag.train.robustify import Objective, TrainConfig, add_noise, robustify
 from clipag.train.common import lr_factor
 

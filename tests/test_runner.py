@@ -16,7 +16,7 @@ from clipag.batch import (HOST, RunConfig, batches, claim, claim_batch, file_fin
 from clipag.cli.generate_cmd import generate_cmd
 from clipag.errors import ClipagError
 from clipag.generate import GenerateConfig
-from clipag.models import ModelSpec
+from clipag.load import ModelSpec
 from clipag.output import finite_json, image_format, to_json
 from clipag.prompts import Job, parse_prompt, read_prompts_file
 from clipag.settings import JSONL_KEYS, SETTINGS, config_default

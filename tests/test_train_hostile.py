@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from clipag.errors import ClipagError
-from clipag.models import ModelSpec
+from clipag.load import ModelSpec
 from clipag.train import robustify as robustify_module
 from clipag.train.attacks import ThreatModel
 from clipag.train.common import clean_stale_parts, part_files

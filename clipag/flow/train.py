@@ -18,7 +18,7 @@ from torch import nn
 
 from .crossflow import (CONTRASTS, EMA, CrossFlow, FlowConfig, LossWeights, flow_loss, save_flow,
                         text_probe)
-from ..train.data import BatchStream, load_all, open_dataset
+from ..train.data import DEFAULT_TEMPLATE, BatchStream, load_all, open_dataset
 from ..errors import ClipagError
 from ..load import ModelSpec, load_spec
 from ..models import Guide
@@ -45,7 +45,7 @@ class FlowTrainConfig:
     save_every: int = 0
     log_every: int = 50
     seed: int = 0
-    template: str = "a photo of a {}"
+    template: str = DEFAULT_TEMPLATE
     resume: bool = False
     overwrite: bool = False  # train again over a finished `out`, replaced only at the end
     half: bool = False

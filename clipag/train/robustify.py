@@ -37,7 +37,8 @@ from ..checkpoint import save_checkpoint
 from .data import DEFAULT_TEMPLATE, BatchStream, Dataset, check_template, open_dataset, split
 from ..device import autocast
 from ..errors import ClipagError
-from ..models import Guide, ModelSpec, load_guide
+from ..load import ModelSpec, load_spec as load_guide
+from ..models import Guide
 from .common import (average_gradients, barrier, check_run, check_writable, clean_stale_parts,
                      finished, gather, init_distributed, load_state, lr_factor, restore,
                      save_state, state_path, world_info)
