@@ -11,7 +11,6 @@ from rich.console import Console
 from clipag.errors import ClipagError
 from clipag.load import ModelSpec
 
-from .params import Sides
 
 console = Console(stderr=True)
 
@@ -102,32 +101,29 @@ def bench_view_options(f):
     `settings` dict of GenerateConfig fields (views built and validated here)."""
     from clipag.augment import ViewConfig
 
-    options = [
-        click.option("--views", type=int, default=32, show_default=True),
-        click.option("--patch-views", type=int, default=32, show_default=True),
-        click.option("--patch-weight", type=float, default=5.0, show_default=True),
-        click.option("--jitter", type=float, default=1.0, show_default=True,
-                     help="colour-jitter strength of the views (1 = reference, 0..2)"),
-        click.option("--cutout", type=float, default=0.5, show_default=True,
-                     help="side of the square each view blanks, as a fraction of the view "
-                          "(0 = none)"),
-        click.option("--noise", type=float, default=ViewConfig.noise, show_default=True,
-                     help="per-view pixel noise std"),
-        click.option("--tv", "tv_weight", type=float, default=0.0, show_default=True,
-                     help="total-variation penalty on the pixels (0 = off)"),
-        click.option("--scales", type=Sides(), default="", help="coarse-to-fine sides, e.g. 16,32"),
-        click.option("--size", type=int, default=None,
-                     help="side of the optimised image [default: the guide's input]"),
+    from .params import setting_option
+
+    options = [  # the same declared ranges and defaults as `clipag generate`
+        setting_option("views", help="global views per step"),
+        setting_option("patch_views", help="random-crop views per step"),
+        setting_option("patch_weight"),
+        setting_option("jitter", help="colour-jitter strength of the views (1 = reference)"),
+        setting_option("cutout", help="side of the square each view blanks (0 = none)"),
+        setting_option("noise", help="per-view pixel noise std"),
+        setting_option("tv", help="total-variation penalty on the pixels (0 = off)"),
+        setting_option("scales", show_default=False, help="coarse-to-fine sides, e.g. 16,32"),
+        setting_option("size", show_default="the guide's input",
+                       help="side of the optimised image"),
     ]
     for option in reversed(options):
         f = option(f)
 
     @functools.wraps(f)
-    def inner(*args, views, patch_views, patch_weight, jitter, cutout, noise, tv_weight, scales,
+    def inner(*args, views, patch_views, patch_weight, jitter, cutout, noise, tv, scales,
               size, **kwargs):
         view_config = ViewConfig(global_views=views, patch_views=patch_views, cutout=cutout,
                                  noise=noise).with_jitter(jitter)
-        settings = dict(views=view_config, patch_weight=patch_weight, tv_weight=tv_weight,
+        settings = dict(views=view_config, patch_weight=patch_weight, tv_weight=tv,
                         scales=scales, size=size)
         return f(*args, settings=settings, **kwargs)
 

@@ -18,38 +18,14 @@ from clipag.generate import GenerateConfig
 from clipag.load import load_spec, preset_of
 from clipag.models import DEFAULT_PRESET, PRESETS
 from clipag.prompts import Job, parse_prompt, read_prompts_file, unknown_words, world_vocabulary
-from clipag.settings import SETTINGS, Setting, apply, config_default
+from clipag.settings import SETTINGS, apply
 
 from .common import Command, console, model_options
-from .params import Count, Real, Sides
+from .params import setting_option
 
 RUN = RunConfig()
 WORLD_PRESETS = ("world-robust", "world-vanilla")  # models that know only the world's words
 REAL_PRESET = "clipag-vitb32"  # the preset to suggest for real prompts
-
-
-def click_type(setting: Setting):
-    if setting.kind == "int":
-        return Count(int(setting.low), int(setting.high))
-    if setting.kind == "real":
-        return Real(setting.low, setting.high, setting.low_open, setting.high_open)
-    if setting.kind == "sides":
-        return Sides()
-    return None
-
-
-def setting_option(name: str, *decls: str, show_default=True, **kwargs):
-    """A click option for a declared setting: its type (range) from clipag.settings, its
-    default from GenerateConfig or RunConfig."""
-    setting = SETTINGS[name]
-    default = config_default(setting) if setting.path else getattr(RUN, name)
-    if setting.kind == "sides":
-        default = ",".join(map(str, default))
-    flag = "--" + name.replace("_", "-")
-    if setting.kind == "real":
-        kwargs["help"] = (kwargs.get("help", "") + f" (finite, {setting.bounds()})").strip()
-    return click.option(flag, *decls, name, type=click_type(setting), default=default,
-                        show_default=show_default, **kwargs)
 
 
 def field_name(name: str) -> str:

@@ -8,6 +8,9 @@ from fractions import Fraction
 
 import click
 
+from clipag.batch import RunConfig
+from clipag.settings import SETTINGS, Setting, config_default
+
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
@@ -91,3 +94,27 @@ class Sides(IntList):
 
     def __init__(self):
         super().__init__(8, 4096)
+
+
+def click_type(setting: Setting):
+    if setting.kind == "int":
+        return Count(int(setting.low), int(setting.high))
+    if setting.kind == "real":
+        return Real(setting.low, setting.high, setting.low_open, setting.high_open)
+    if setting.kind == "sides":
+        return Sides()
+    return None
+
+
+def setting_option(name: str, *decls: str, show_default=True, **kwargs):
+    """A click option for a declared setting: its type (range) from clipag.settings, its
+    default from GenerateConfig or RunConfig."""
+    setting = SETTINGS[name]
+    default = config_default(setting) if setting.path else getattr(RunConfig(), name)
+    if setting.kind == "sides":
+        default = ",".join(map(str, default))
+    flag = "--" + name.replace("_", "-")
+    if setting.kind == "real":
+        kwargs["help"] = (kwargs.get("help", "") + f" (finite, {setting.bounds()})").strip()
+    return click.option(flag, *decls, name, type=click_type(setting), default=default,
+                        show_default=show_default, **kwargs)

@@ -95,10 +95,10 @@ def test_prompts_file_batch_and_resume(tmp_path, tiny_checkpoint):
     (["robustify", "d", "-o", "m.safetensors", "--model", "clipag-tiny", "--pretrained", "none",
       "--noise", "-1"], "'-1' must be a finite number >= 0"),
     (["bench", "pag", "--threshold", "1", "--prompts", "1", "-o", "b"], "Invalid value for '--threshold'"),
-    (["bench", "init", "--tv", "-1", "--prompts", "1", "-o", "b"], "--tv must be >= 0"),
+    (["bench", "init", "--tv", "-1", "--prompts", "1", "-o", "b"], "Invalid value for '--tv'"),
     # settings are checked before any model is loaded: the missing guide is never reached
     (["bench", "init", "--guide", "missing.safetensors", "--tv", "-1", "--prompts", "1", "-o",
-      "b"], "--tv must be >= 0"),
+      "b"], "Invalid value for '--tv'"),
     (["robustify", "/nonexistent", "-o", "x.safetensors", "--model", "clipag-tiny",
       "--pretrained", "none"], "no dataset"),
     (["robustify", "data", "-o", "x.safetensors"], "name the model"),
