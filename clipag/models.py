@@ -86,6 +86,15 @@ _TUEBINGEN = "https://nc.mlcloud.uni-tuebingen.de/index.php/s"
 _VISION_ONLY = "vision-only .pt (RobustVLM layout) over the base's image tower, emulated in tests"
 _HUB = "open_clip hub layout (config + safetensors or .bin), emulated in tests"
 
+def _robustvlm(objective: str, eps: int, share: str) -> Preset:
+    """One of RobustVLM's ViT-B/32 image towers, fine-tuned from OpenAI's ViT-B/32."""
+    label = {"fare": "FARE", "tecoa": "TeCoA"}[objective]
+    return Preset(f"{objective}{eps}-vitb32-openai", "ViT-B-32-quickgelu",
+                  f"{_TUEBINGEN}/{share}/download/vitb32_{objective}_eps_{eps}.pt", True,
+                  f"{label}, L-inf {eps}/255, from OpenAI ViT-B/32 (image tower; text tower "
+                  "OpenAI's)", base="openai", checked=_VISION_ONLY)
+
+
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("clipag-vitb32", "ViT-B-32",
            "https://zenodo.org/records/10446026/files/CLIPAG_ViTB32.pt?download=1", True,
@@ -97,22 +106,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tecoa4-vitb32", "ViT-B-32", "hf-hub:chs20/TeCoA4-ViT-B-32-laion2B-s34B-b79K", True,
            "TeCoA, L-inf 4/255, from LAION-2B ViT-B/32 (Mao et al. 2023, by chs20)",
            checked=_HUB),
-    Preset("fare1-vitb32-openai", "ViT-B-32-quickgelu",
-           f"{_TUEBINGEN}/cCgQAS8QW9arj9d/download/vitb32_fare_eps_1.pt", True,
-           "FARE, L-inf 1/255, from OpenAI ViT-B/32 (image tower; text tower OpenAI's)",
-           base="openai", checked=_VISION_ONLY),
-    Preset("fare4-vitb32-openai", "ViT-B-32-quickgelu",
-           f"{_TUEBINGEN}/3nMxBKEwbWnDymT/download/vitb32_fare_eps_4.pt", True,
-           "FARE, L-inf 4/255, from OpenAI ViT-B/32 (image tower; text tower OpenAI's)",
-           base="openai", checked=_VISION_ONLY),
-    Preset("tecoa1-vitb32-openai", "ViT-B-32-quickgelu",
-           f"{_TUEBINGEN}/LHgi84RskrtYCiX/download/vitb32_tecoa_eps_1.pt", True,
-           "TeCoA, L-inf 1/255, from OpenAI ViT-B/32 (image tower; text tower OpenAI's)",
-           base="openai", checked=_VISION_ONLY),
-    Preset("tecoa4-vitb32-openai", "ViT-B-32-quickgelu",
-           f"{_TUEBINGEN}/RiWGQzBrqYNCaDk/download/vitb32_tecoa_eps_4.pt", True,
-           "TeCoA, L-inf 4/255, from OpenAI ViT-B/32 (image tower; text tower OpenAI's)",
-           base="openai", checked=_VISION_ONLY),
+    *[_robustvlm(objective, eps, share) for objective, eps, share in (
+        ("fare", 1, "cCgQAS8QW9arj9d"), ("fare", 4, "3nMxBKEwbWnDymT"),
+        ("tecoa", 1, "LHgi84RskrtYCiX"), ("tecoa", 4, "RiWGQzBrqYNCaDk"))],
     Preset("fare2-vitl14", "ViT-L-14", "hf-hub:chs20/fare2-clip", True,
            "FARE, L-inf 2/255, from OpenAI ViT-L/14 (Schlarmann et al. 2024)", checked=_HUB),
     Preset("fare4-vitl14", "ViT-L-14", "hf-hub:chs20/fare4-clip", True,
