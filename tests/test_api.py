@@ -29,3 +29,17 @@ def test_errors_are_clipag_errors(tmp_path):
         assert "not found" in str(exc)
     else:
         raise AssertionError("no error")
+
+
+def test_a_16_bit_png_init_image_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from clipag.init import from_image
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    image = from_image(tmp_path / "g16.png", 32)
+    assert image.shape == (3, 32, 32)
+    assert abs(image.mean().item() - 0.5) < 0.02  # a ramp: mean grey, not white (1.0)
+    assert image.min() < 0.01 and image.max() > 0.99
