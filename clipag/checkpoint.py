@@ -59,9 +59,6 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
         raise ClipagError(f"{path}: clipag metadata is not valid JSON ({exc})") from None
 
 
-TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # what torch.save's pre-1.6 format starts with
-
-
 def sniff(path: Path) -> str:
     """'safetensors', 'zip' (torch.save's archive, TorchScript too) or 'pickle' (legacy
     torch.save); a one-line error for anything else, e.g. a truncated download."""

@@ -124,8 +124,8 @@ def download(url: str, dest: Path, quiet: bool = False) -> Path:
         if total is not None and part.stat().st_size != total:
             raise OSError(f"connection closed after {part.stat().st_size} of {total} bytes")
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        cause = one_line(getattr(exc, "reason", None) or exc) if isinstance(
-            getattr(exc, "reason", None), BaseException) else one_line(exc)
+        reason = getattr(exc, "reason", None)  # URLError wraps the socket error
+        cause = one_line(reason if isinstance(reason, BaseException) else exc)
         kept = f"; {part.stat().st_size} bytes kept in {part.name}, the next try resumes" \
             if part.is_file() and part.stat().st_size else ""
         raise ClipagError(f"could not download {url} ({cause}){kept}; or fetch it yourself, "

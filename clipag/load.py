@@ -153,7 +153,7 @@ def _tag(arch: str, tag: str, config: dict[str, Any], trust: bool, say) -> Guide
     path = tag_weights(arch, tag, source)
     obj = read_object(path, trust)
     model, tokenizer = build_model(arch, quick_gelu=quick)
-    _load_into(model, _tensors(obj, path), str(path))
+    _load_into(model, unwrap(obj, path), str(path))
     guide = _guide(model, tokenizer, f"{arch} ({tag})",
                    {"arch": arch, "pretrained": tag, "source": str(path),
                     "activation": activation(model)})
@@ -174,7 +174,7 @@ def _hub(repo: str) -> Guide:
     except (ValueError, KeyError, OSError) as exc:
         raise ClipagError(f"hf-hub:{repo}: unreadable open_clip_config.json ({exc})") from None
     model = model_from_config(config)
-    _load_into(model, _tensors(read_object(files.weights), files.weights), f"hf-hub:{repo}")
+    _load_into(model, unwrap(read_object(files.weights), files.weights), f"hf-hub:{repo}")
     pre = hub_config.get("preprocess_cfg", {})
     guide = _guide(model, tokenizer_for(config), f"hf-hub:{repo}",
                    {"source": f"hf-hub:{repo}", "weights": str(files.weights),
@@ -196,7 +196,7 @@ def _preset(preset: Preset, trust: bool, say) -> Guide:
     if preset.base is not None:  # a vision-encoder-only file over a base model
         base = _tag(preset.arch, preset.base, arch_config(preset.arch), trust, say)
         path = fetch(preset.source, quiet=False)
-        return _overlay(base, _tensors(read_object(path, trust), path), str(path))
+        return _overlay(base, unwrap(read_object(path, trust), path), str(path))
     return _converted(preset, trust, say)
 
 
@@ -225,7 +225,7 @@ def load_clipag_file(path: Path) -> Guide:
     if meta is None or "arch" not in meta:
         raise ClipagError(f"{path} is not a clipag checkpoint")
     model, tokenizer = build_model(meta["arch"])
-    _load_into(model, _tensors(read_object(path), path), str(path))
+    _load_into(model, unwrap(read_object(path), path), str(path))
     return _guide(model, tokenizer, meta.get("name", path.stem), meta)
 
 
@@ -241,7 +241,7 @@ def _from_checkpoint(spec: ModelSpec, say) -> Guide:
             raise ClipagError(f"{path} is a whole clipag model; drop --pretrained")
         return load_clipag_file(path)
     obj = read_object(path, spec.trust)
-    tensors = _tensors(obj, path)
+    tensors = unwrap(obj, path)
     layout = state_layout(tensors)
     if layout == "vision":
         return _overlay(_base_for_vision(path, spec, say), _strip_visual(tensors), str(path))
@@ -270,7 +270,7 @@ def _check_same_arch(path: Path, file_arch: Any, asked: str | None) -> None:
 
 def _full_file(path: Path, arch: str, obj: Any, say) -> Guide:
     """A whole-model file loaded into `arch` (exact key and shape match required)."""
-    tensors = _tensors(obj, path)
+    tensors = unwrap(obj, path)
     if state_layout(tensors) == "vision":
         raise ClipagError(f"{path} holds only an image tower (vision-encoder-only); lay it over "
                           f"a base model: --model {arch} --pretrained TAG_OR_FILE --checkpoint {path}")
@@ -390,10 +390,6 @@ def _overlay(base: Guide, vision: dict[str, torch.Tensor], source: str) -> Guide
 
 
 # --- small pieces ------------------------------------------------------------------------------------
-
-def _tensors(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
-    return unwrap(obj, path)
-
 
 def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()

@@ -173,10 +173,6 @@ def _image_size(model: torch.nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-def _context_length(model: torch.nn.Module) -> int:
-    return int(getattr(model, "context_length", 77))
-
-
 def _guide(model: torch.nn.Module, tokenizer, name: str, info: dict[str, Any]) -> Guide:
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     mean = torch.tensor(cfg.get("mean", OPENAI_MEAN), dtype=torch.float32)

@@ -30,9 +30,10 @@ from ..train.common import (average_gradients, barrier, finished, init_distribut
 class FlowTrainConfig:
     data: str
     out: str
-    resolution: int = 16
-    width: int = 192
-    depth: int = 4
+    # the architecture's defaults are FlowConfig's, written once
+    resolution: int = FlowConfig.resolution
+    width: int = FlowConfig.width
+    depth: int = FlowConfig.depth
     steps: int = 2000
     batch_size: int = 128
     lr: float = 5e-4
