@@ -14,10 +14,10 @@ from clipag.batch import (RunConfig, WriteError, batches, check_writable, claim_
                           model_identity, plan, rank_and_world, release, run_batch, share, sweep)
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
-from clipag.generate import GenerateConfig
 from clipag.load import load_spec, preset_of
 from clipag.models import DEFAULT_PRESET, PRESETS
 from clipag.prompts import Job, parse_prompt, read_prompts_file, unknown_words, world_vocabulary
+from clipag.recipes import RECIPES, recipe_config, uses_recommended
 from clipag.settings import SETTINGS, apply
 
 from .common import Command, console, model_options
@@ -54,6 +54,10 @@ def flag_of(field: str) -> str:
 @setting_option("samples", help="images per prompt")
 @setting_option("seed", help="sample k uses seed+k")
 @model_options(default_hint=DEFAULT_PRESET, mix=True)
+@click.option("--recipe", type=click.Choice(RECIPES), default=RECIPES[0], show_default=True,
+              help="settings to start from: clipag's defaults (with a preset's recommended "
+                   "settings), or reference: the CLIPAG notebook as published (no recommended "
+                   "settings); flags you give apply over it")
 @setting_option("steps")
 @setting_option("lr", help="AdamW learning rate on the pixels")
 @setting_option("weight_decay", help="AdamW weight decay on the pixels (0 = off)")
@@ -74,6 +78,8 @@ def flag_of(field: str) -> str:
 @setting_option("threshold", help="dynamic-thresholding percentile (0 = clamp)")
 @setting_option("tv", help="total-variation penalty: smoother images, cleaner backgrounds "
                            "(0 = off)")
+@setting_option("tv_wrap", help="the penalty wraps around the borders (the image as a torus), so "
+                                "a shape costs the same anywhere, not less in a corner")
 @setting_option("init", help="gmm (embedded mixture), noise, a mixture file from `clipag init "
                              "fit`, or crossflow[:FILE] (a learned draft; the embedded world "
                              "flow without FILE)")
@@ -88,8 +94,8 @@ def flag_of(field: str) -> str:
 @setting_option("save_every", help="keep a frame every N steps and write a GIF beside the image")
 @click.option("--overwrite", is_flag=True, help="replace existing outputs")
 @click.option("--quiet", "-q", is_flag=True)
-def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, overwrite, quiet,
-                 **values):
+def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, recipe, overwrite,
+                 quiet, **values):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
     began = time.time()
     ctx = click.get_current_context()
@@ -103,11 +109,12 @@ def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, o
                     outdir=outdir, overwrite=overwrite)
     if values["init_image"] and not Path(values["init_image"]).is_file():
         raise ClipagError(f"init image not found: {values['init_image']}")
-    config = apply(GenerateConfig(), values)
-    explicit = frozenset(field_name(k) for k in values
-                         if ctx.get_parameter_source(k) != ParameterSource.DEFAULT)
+    given = {k: v for k, v in values.items()
+             if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    config = apply(recipe_config(recipe), given)
+    explicit = frozenset(field_name(k) for k in given)
     preset = preset_of(spec)
-    recommended = preset.recommended if preset else ()
+    recommended = preset.recommended if preset and uses_recommended(recipe) else ()
     output_path = Path(output) if output else None
     tasks, changed = plan(jobs, config, run, model_identity(spec), tuple(negative), output_path,
                           recommended, explicit)

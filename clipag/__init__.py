@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "clipag.load", "ModelSpec": "clipag.load", "Guide": "clipag.models",
     "PRESETS": "clipag.models", "GenerateConfig": "clipag.generate", "Generation": "clipag.generate",
-    "ViewConfig": "clipag.augment", "robustify": "clipag.train.robustify",
+    "ViewConfig": "clipag.augment", "recipe_config": "clipag.recipes", "robustify": "clipag.train.robustify",
     "TrainConfig": "clipag.train.robustify", "ClipagError": "clipag.errors",
 }
 __all__ = ["__version__", "generate", *_EXPORTS]

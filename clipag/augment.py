@@ -4,6 +4,12 @@ Each step makes `global_views` views of the whole image and `patch_views` random
 (a side of `patch_fraction` of the image) resized to the model's input; every view then gets
 pixel noise, DiffAugment-style colour jitter (brightness shift, saturation and contrast
 scale), a random translation and resize (kornia), and a cutout square (kornia).
+
+`style="reference"` draws the views as the CLIPAG notebook does instead: whole-pixel
+translations, one resize factor for each batch of views (global and patch views each draw
+their own), a cutout square whose centre may fall near the border (so part of it is clipped
+off), and one noise image shared by an image's patch views, added before cropping, the crops
+clamped to [0, 1]. The colour jitter is the same in both styles.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import torch.nn.functional as F
 from .errors import ClipagError
 
 
+VIEW_STYLES = ("clipag", "reference")
+
+
 @dataclass(frozen=True)
 class ViewConfig:
     global_views: int = 32
@@ -30,6 +39,7 @@ class ViewConfig:
     translate: float = 0.125
     scale: tuple[float, float] = (0.8, 1.2)
     cutout: float = 0.5  # side of the cutout square as a fraction of the view
+    style: str = "clipag"  # "clipag" or "reference" (the notebook's geometry, see the module)
 
     def with_jitter(self, strength: float) -> "ViewConfig":
         """The colour jitter scaled by `strength`: 1 is the reference (brightness U(-0.5, 0.5),
@@ -87,6 +97,8 @@ class Views(torch.nn.Module):
         return x
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.style == "reference":
+            return self._reference(images)
         cfg = self.cfg
         whole = images
         if images.shape[-1] != self.size or images.shape[-2] != self.size:
@@ -100,3 +112,85 @@ class Views(torch.nn.Module):
         batch = self._augment(torch.cat(views)) if views else images[:0]
         n_global = images.shape[0] * cfg.global_views
         return batch[:n_global], batch[n_global:]
+
+    def _whole(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] == self.size and images.shape[-2] == self.size:
+            return images
+        return F.interpolate(images, size=(self.size, self.size), mode="bilinear",
+                             align_corners=False, antialias=True)
+
+    def _reference(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The notebook's views: each batch (global, patch) augmented on its own."""
+        cfg = self.cfg
+        empty = images.new_zeros(0, 3, self.size, self.size)
+        global_views = patch_views = empty
+        if cfg.global_views:
+            x = self._whole(images).repeat_interleave(cfg.global_views, dim=0)
+            if cfg.noise:
+                x = x + cfg.noise * torch.randn_like(x)
+            global_views = self._reference_augment(x)
+        if cfg.patch_views:
+            x = images
+            if cfg.noise:  # one noise image per image, shared by its patch views
+                x = x + cfg.noise * torch.randn_like(images)
+            x = self.crop(x.repeat_interleave(cfg.patch_views, dim=0)).clamp(0, 1)
+            patch_views = self._reference_augment(x)
+        return global_views, patch_views
+
+    def _reference_augment(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        x = color_jitter(x, cfg)
+        if cfg.translate:
+            x = whole_pixel_shift(x, cfg.translate)
+        if cfg.scale != (1.0, 1.0):
+            x = batch_resize(x, cfg.scale)
+        if cfg.cutout:
+            x = clipped_cutout(x, cfg.cutout)
+        return x
+
+
+def whole_pixel_shift(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Each view shifted by whole pixels, up to round(fraction * side) each way, zeros shifted
+    in (an exact gather from the zero-padded views, no interpolation)."""
+    n, _, h, w = x.shape
+    ly, lx = int(h * fraction + 0.5), int(w * fraction + 0.5)
+    dy = (torch.rand(n, device=x.device) * (2 * ly + 1)).long() - ly
+    dx = (torch.rand(n, device=x.device) * (2 * lx + 1)).long() - lx
+    padded = F.pad(x, (lx, lx, ly, ly))
+    rows = torch.arange(h, device=x.device)[None] + (ly - dy)[:, None]  # out[i] = in[i - dy]
+    cols = torch.arange(w, device=x.device)[None] + (lx - dx)[:, None]
+    picked = padded[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None],
+                    cols[:, None, :]]  # (n, h, w, channels)
+    return picked.permute(0, 3, 1, 2)
+
+
+def batch_resize(x: torch.Tensor, scale: tuple[float, float]) -> torch.Tensor:
+    """The whole batch resized by one factor drawn from U(scale), then centre-cropped or
+    zero-padded back to its side. The factor is drawn on the CPU: no device sync."""
+    side = x.shape[-1]
+    factor = scale[0] + (scale[1] - scale[0]) * torch.rand(()).item()
+    new = max(1, int(factor * side))
+    if new == side:
+        return x
+    y = F.interpolate(x, size=(new, new), mode="bilinear", align_corners=False)
+    if new < side:
+        left = (side - new) // 2
+        right = side - new - left
+        return F.pad(y, (left, right, left, right))
+    left = (new - side) // 2
+    return y[..., left:left + side, left:left + side]
+
+
+def clipped_cutout(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """A square of side round(fraction * side) blanked in each view, its centre uniform over
+    the whole view, so near the border part of it falls outside and is clipped off."""
+    n, _, h, w = x.shape
+    sides = [int(h * fraction + 0.5), int(w * fraction + 0.5)]
+    masks = []
+    for length, side in zip((h, w), sides):
+        centre = (torch.rand(n, 1, device=x.device) * (length + 1 - side % 2)).floor()
+        start = centre - side // 2
+        at = torch.arange(length, device=x.device)
+        masks.append((at >= start) & (at < start + side))
+    blank = masks[0][:, :, None] & masks[1][:, None, :]
+    return x * (~blank)[:, None].to(x.dtype)
