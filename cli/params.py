@@ -114,6 +114,9 @@ def setting_option(name: str, *decls: str, show_default=True, **kwargs):
     if setting.kind == "sides":
         default = ",".join(map(str, default))
     flag = "--" + name.replace("_", "-")
+    if setting.kind == "bool":
+        return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=default,
+                            show_default=show_default, **kwargs)
     if setting.kind == "real":
         kwargs["help"] = (kwargs.get("help", "") + f" (finite, {setting.bounds()})").strip()
     return click.option(flag, *decls, name, type=click_type(setting), default=default,

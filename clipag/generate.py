@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import kornia
 import torch
 
-from .augment import ViewConfig, Views
+from .augment import VIEW_STYLES, ViewConfig, Views
 from .errors import ClipagError
 from .init import (InitSource, check_init, init_name, init_source, initial_images,
                    SampleConfig, upsample)
@@ -49,6 +49,7 @@ class GenerateConfig:
     patch_weight: float = 5.0
     threshold: float = 0.95  # dynamic-thresholding percentile; 0 = plain clamp to [0, 1]
     tv_weight: float = 0.0  # total-variation penalty on the pixels (0 = off, as the reference)
+    tv_wrap: bool = False  # the penalty treats the image as a torus: the same cost everywhere
     views: ViewConfig = field(default_factory=ViewConfig)
     init: str = "gmm"  # "gmm", "noise", a mixture .safetensors, "crossflow[:FILE]"
     init_image: str | None = None
@@ -100,8 +101,10 @@ class GenerateConfig:
         _whole("save_every", self.save_every, 0)
         _whole("log_every", self.log_every, 1)
         _whole("view_batch", self.view_batch, 0)
-        if not isinstance(self.amp, bool):
-            raise ClipagError(f"--amp must be true or false, got {self.amp!r}")
+        for name in ("amp", "tv_wrap"):
+            if not isinstance(getattr(self, name), bool):
+                raise ClipagError(f"{_flag(name)} must be true or false, "
+                                  f"got {getattr(self, name)!r}")
         _whole("flow.steps", self.flow.steps, 1)
         _real("flow.guidance", self.flow.guidance, ">= 0", lambda v: v >= 0)
         _real("flow.temperature", self.flow.temperature, ">= 0", lambda v: v >= 0)
@@ -158,6 +161,9 @@ def _check_views(views: ViewConfig) -> None:
     _real("translate", views.translate, "in [0, 1]", lambda v: 0 <= v <= 1)
     _pair("scale", views.scale, "> 0", lambda v: v > 0)
     _real("cutout", views.cutout, "in [0, 1)", lambda v: 0 <= v < 1)
+    if views.style not in VIEW_STYLES:
+        raise ClipagError(f"view style must be one of {', '.join(VIEW_STYLES)}, "
+                          f"got {views.style!r}")
 
 
 def check_size(size: int) -> None:
@@ -190,9 +196,16 @@ class Result:
     frames: list[torch.Tensor]  # (B, 3, H, W) snapshots every `save_every` steps
 
 
-def smoothness(pixels: torch.Tensor) -> torch.Tensor:
-    """Per-image total variation: mean absolute difference between neighbouring pixels."""
-    return kornia.losses.total_variation(pixels, reduction="mean").mean(dim=1)
+def smoothness(pixels: torch.Tensor, wrap: bool = False) -> torch.Tensor:
+    """Per-image total variation: mean absolute difference between neighbouring pixels. With
+    `wrap` the last row and column neighbour the first (the image as a torus), so a shape's
+    outline costs the same wherever it is: without it, a shape in a corner pays for two sides
+    of its outline and one in the middle for four."""
+    if not wrap:
+        return kornia.losses.total_variation(pixels, reduction="mean").mean(dim=1)
+    rows = (pixels - pixels.roll(1, dims=-2)).abs().flatten(-2).mean(-1)
+    cols = (pixels - pixels.roll(1, dims=-1)).abs().flatten(-2).mean(-1)
+    return (rows + cols).mean(dim=1)
 
 
 def _clip_per_image(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -319,7 +332,7 @@ def step_gradient(guide: Guide, views: Views, pixels: torch.Tensor, targets: Tar
         loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
         loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()
         if config.tv_weight:
-            loss = loss + config.tv_weight * smoothness(pixels).sum()
+            loss = loss + config.tv_weight * smoothness(pixels, config.tv_wrap).sum()
         loss.backward()
         return loss_g.detach(), loss_p.detach()
     owner, share = rows
@@ -334,7 +347,7 @@ def step_gradient(guide: Guide, views: Views, pixels: torch.Tensor, targets: Tar
         distances.append(d.detach())
     outputs, grads = [batch], [leaf.grad]
     if config.tv_weight:
-        outputs.append(config.tv_weight * smoothness(pixels).sum())
+        outputs.append(config.tv_weight * smoothness(pixels, config.tv_wrap).sum())
         grads.append(None)
     torch.autograd.backward(outputs, grads)
     d = torch.cat(distances)
