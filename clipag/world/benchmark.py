@@ -208,6 +208,13 @@ class InitReport:
     seconds_per_image: float
 
 
+def init_label(init: str) -> str:
+    """An init as a report names it: `crossflow:work/a/flow.safetensors` -> `crossflow:flow`,
+    so that two flows in one run can be told apart without their folders."""
+    kind, _, path = init.partition(":")
+    return f"{kind}:{Path(path).stem}" if path else Path(kind).stem if "/" in kind else kind
+
+
 def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
               refiner_steps: list[int], config: GenerateConfig, out: Path,
               device: torch.device, batch_size: int = 8, seed: int = 0, command: str = ""
@@ -226,7 +233,7 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
             images, _ = make_images(guide, texts, run, batch_size, seed)
             seconds = (time.perf_counter() - start) / len(texts)
             accuracy, judge_score, _ = score_images(images, texts, held_out)
-            reports.append(InitReport(init.split(":")[0], steps, accuracy, judge_score, seconds))
+            reports.append(InitReport(init_label(init), steps, accuracy, judge_score, seconds))
             rows.extend(images)
     lines = [f"# Initializer benchmark ({len(texts)} world prompts, guide {guide.name})", "",
              f"Command: `{command}`", "",

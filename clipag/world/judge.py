@@ -8,7 +8,10 @@ prompt names without any neural network.
 - count: components at least a third the size of the largest;
 - shape: of the largest component, from its extent (area / bounding box) and how much of its
   mass lies in the lower half of its box (a triangle pointing up is bottom-heavy);
-- position: the mask's centroid relative to the image centre.
+- position: the mask's centroid relative to the image centre;
+- offset and edge (not attributes a prompt names; they measure where generators put things):
+  the centroid's distance from the centre (the larger of |x - 1/2| and |y - 1/2|, 0 at the
+  centre, 1/2 at the border) and whether the largest component touches the border ring.
 """
 
 from __future__ import annotations
@@ -73,8 +76,12 @@ def read_image(image) -> dict[str, object]:
             position = "left" if cx < 0.5 else "right"
         else:
             position = "top" if cy < 0.5 else "bottom"
+    touches = labels == largest
+    edge = bool(touches[:ring].any() or touches[-ring:].any() or touches[:, :ring].any()
+                or touches[:, -ring:].any())
     seen.update(color=nearest_color(np.median(a[fg], axis=0)), count=len(big),
-                shape=classify_shape(labels == largest), position=position)
+                shape=classify_shape(labels == largest), position=position,
+                offset=float(max(abs(cx - 0.5), abs(cy - 0.5))), edge=edge)
     return seen
 
 
