@@ -80,6 +80,8 @@ def flag_of(field: str) -> str:
                            "(0 = off)")
 @setting_option("tv_wrap", help="the penalty wraps around the borders (the image as a torus), so "
                                 "a shape costs the same anywhere, not less in a corner")
+@setting_option("tv_by_side", help="with --scales: weight the penalty side/size at each coarse "
+                                   "stage, so a shape's outline costs the same at every stage")
 @setting_option("init", help="gmm (embedded mixture), noise, a mixture file from `clipag init "
                              "fit`, or crossflow[:FILE] (a learned draft; the embedded world "
                              "flow without FILE)")

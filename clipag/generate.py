@@ -50,6 +50,7 @@ class GenerateConfig:
     threshold: float = 0.95  # dynamic-thresholding percentile; 0 = plain clamp to [0, 1]
     tv_weight: float = 0.0  # total-variation penalty on the pixels (0 = off, as the reference)
     tv_wrap: bool = False  # the penalty treats the image as a torus: the same cost everywhere
+    tv_by_side: bool = False  # with scales: weight side/size at a coarse stage of side `side`
     views: ViewConfig = field(default_factory=ViewConfig)
     init: str = "gmm"  # "gmm", "noise", a mixture .safetensors, "crossflow[:FILE]"
     init_image: str | None = None
@@ -101,7 +102,7 @@ class GenerateConfig:
         _whole("save_every", self.save_every, 0)
         _whole("log_every", self.log_every, 1)
         _whole("view_batch", self.view_batch, 0)
-        for name in ("amp", "tv_wrap"):
+        for name in ("amp", "tv_wrap", "tv_by_side"):
             if not isinstance(getattr(self, name), bool):
                 raise ClipagError(f"{_flag(name)} must be true or false, "
                                   f"got {getattr(self, name)!r}")
@@ -224,7 +225,11 @@ def stage_plan(size: int, scales: tuple[int, ...], steps: int) -> list[tuple[int
 def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: GenerateConfig,
              on_step: Callable[[StepInfo], None] | None = None) -> Result:
     """Run the pixel optimisation from `start` (B, 3, H, W) in [0, 1]; with `config.scales`,
-    coarse to fine: each stage starts from the previous stage's best image, upsampled."""
+    coarse to fine: each stage starts from the previous stage's best image, upsampled.
+
+    The smoothness penalty is a mean over pixels, so at side s it charges a shape's outline
+    size/s times what it charges at the output side; `tv_by_side` weights it s/size at each
+    stage, so an outline costs the same at every stage."""
     size = start.shape[-1]
     if not config.scales:
         return _optimise_stage(guide, targets, start, config, on_step)
@@ -238,7 +243,8 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: Genera
             if on_step:
                 on_step(StepInfo(info.step + done, info.loss, info.best))
 
-        stage = dataclasses.replace(config, steps=steps, scales=())
+        tv = config.tv_weight * side / size if config.tv_by_side else config.tv_weight
+        stage = dataclasses.replace(config, steps=steps, scales=(), tv_weight=tv)
         result = _optimise_stage(guide, targets, image, stage, shifted, first_step=done)
         frames += [upsample(f, size) if f.shape[-1] != size else f for f in result.frames]
         image, done = result.images, done + steps

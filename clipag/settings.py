@@ -61,6 +61,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     _s("threshold", ["threshold"], "real", 0, 1, high_open=True),
     _s("tv", ["tv_weight"], "real", 0, 1000, aliases=("tv_weight",)),
     _s("tv_wrap", ["tv_wrap"], "bool"),
+    _s("tv_by_side", ["tv_by_side"], "bool"),
     _s("views", ["views", "global_views"], "int", 0, 4096, aliases=("global_views",)),
     _s("patch_views", ["views", "patch_views"], "int", 0, 4096),
     _s("patch_fraction", ["views", "patch_fraction"], "real", 0, 1, low_open=True),

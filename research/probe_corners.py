@@ -54,6 +54,8 @@ def variants(guide: str) -> dict[str, GenerateConfig]:
         "cutout 0.5": edit(rec, cutout=0.5),
         "wrap": edit(rec, tv_wrap=True),
         "wrap, no scales": edit(rec, tv_wrap=True, scales=()),
+        "tv by side": edit(rec, tv_by_side=True),
+        "wrap, tv by side": edit(rec, tv_wrap=True, tv_by_side=True),
     }
 
 

@@ -172,3 +172,24 @@ def test_cli_tv_wrap_flag_and_jsonl_key(tmp_path):
     assert result.exit_code == 2
     assert "tv_wrap" in result.output and "true or false" in result.output
     assert "Traceback" not in result.output
+
+
+def test_tv_by_side_weights_each_coarse_stage_by_its_side(tiny_guide, monkeypatch):
+    import sys
+
+    gen = sys.modules["clipag.generate"]  # the package binds the name to the function
+    seen = []
+    real = gen._optimise_stage
+
+    def record(guide, targets, start, config, *args, **kwargs):
+        seen.append((start.shape[-1], config.tv_weight))
+        return real(guide, targets, start, config, *args, **kwargs)
+
+    monkeypatch.setattr(gen, "_optimise_stage", record)
+    config = GenerateConfig(steps=3, size=32, scales=(8, 16), tv_weight=0.4, init="noise",
+                            views=ViewConfig(global_views=2, patch_views=0))
+    generate(["a red circle"], tiny_guide, config, [0])
+    assert seen == [(8, 0.4), (16, 0.4), (32, 0.4)]
+    seen.clear()
+    generate(["a red circle"], tiny_guide, dataclasses.replace(config, tv_by_side=True), [0])
+    assert seen == [(8, pytest.approx(0.1)), (16, pytest.approx(0.2)), (32, pytest.approx(0.4))]
