@@ -4,7 +4,7 @@ PIP = $(PYTHON) -m pip
 TORCH = torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install test lint bench bench-speed bench-quick bench-train bench-wheels bench-gpu bench-gpu-world \
-	bench-pag bench-init models clean
+	bench-gpu-crossflow bench-pag bench-init models clean
 
 install:
 	$(PIP) install -q $(TORCH)
@@ -40,6 +40,9 @@ bench-gpu:
 
 bench-gpu-world:
 	bash bench/gpu-world.sh
+
+bench-gpu-crossflow:
+	bash bench/gpu-crossflow.sh
 
 bench-pag:
 	$(PYTHON) -m clipag bench pag

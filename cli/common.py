@@ -97,8 +97,9 @@ def model_options(default_hint: str = "world-robust", mix: bool = False):
 
 def bench_view_options(f):
     """The views and pixel-penalty settings both benchmarks share (--views, --patch-views,
-    --patch-weight, --jitter, --cutout, --noise, --tv, --scales, --size), handed to the command as one
-    `settings` dict of GenerateConfig fields (views built and validated here)."""
+    --patch-weight, --jitter, --cutout, --noise, --tv, --tv-wrap, --tv-by-side, --scales,
+    --size), handed to the command as one `settings` dict of GenerateConfig fields (views
+    built and validated here)."""
     from clipag.augment import ViewConfig
 
     from .params import setting_option
@@ -111,6 +112,8 @@ def bench_view_options(f):
         setting_option("cutout", help="side of the square each view blanks (0 = none)"),
         setting_option("noise", help="per-view pixel noise std"),
         setting_option("tv", help="total-variation penalty on the pixels (0 = off)"),
+        setting_option("tv_wrap", help="the penalty wraps around the borders"),
+        setting_option("tv_by_side", help="with --scales: the penalty weighted side/size per stage"),
         setting_option("scales", show_default=False, help="coarse-to-fine sides, e.g. 16,32"),
         setting_option("size", show_default="the guide's input",
                        help="side of the optimised image"),
@@ -119,12 +122,12 @@ def bench_view_options(f):
         f = option(f)
 
     @functools.wraps(f)
-    def inner(*args, views, patch_views, patch_weight, jitter, cutout, noise, tv, scales,
-              size, **kwargs):
+    def inner(*args, views, patch_views, patch_weight, jitter, cutout, noise, tv, tv_wrap,
+              tv_by_side, scales, size, **kwargs):
         view_config = ViewConfig(global_views=views, patch_views=patch_views, cutout=cutout,
                                  noise=noise).with_jitter(jitter)
         settings = dict(views=view_config, patch_weight=patch_weight, tv_weight=tv,
-                        scales=scales, size=size)
+                        tv_wrap=tv_wrap, tv_by_side=tv_by_side, scales=scales, size=size)
         return f(*args, settings=settings, **kwargs)
 
     return inner

@@ -26,6 +26,13 @@ ATTRIBUTES = ("color", "background", "shape", "count")
 JUDGE_SIDE = 64  # the world's image side, where the analytic judge was validated
 
 
+def tv_form(config: GenerateConfig) -> str:
+    """How the smoothness penalty was computed, for a report's settings line."""
+    forms = [name for name, on in (("wrapped", config.tv_wrap), ("by side", config.tv_by_side))
+             if on]
+    return f" ({', '.join(forms)})" if forms and config.tv_weight else ""
+
+
 def suite(n: int, seed: int = 1234) -> list[str]:
     """`n` fixed world prompts naming colour, shape, background (and count)."""
     prompts, i = [], 0
@@ -145,7 +152,7 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
              f"scales {','.join(map(str, config.scales)) or 'none'}, "
              f"size {config.size or 'the guide input'}, "
              f"init {config.init} (best of {config.init_candidates}), threshold "
-             f"{config.threshold}, tv {config.tv_weight:g}.", "",
+             f"{config.threshold}, tv {config.tv_weight:g}{tv_form(config)}.", "",
              "| guide | " + " | ".join(f"judge {a}" for a in ATTRIBUTES)
              + " | held-out CLIP score | guide score | gap (fooling) | s/image |",
              "|---" * (len(ATTRIBUTES) + 5) + "|"]
@@ -239,7 +246,7 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
              f"Command: `{command}`", "",
              f"Refiner: lr {config.lr}, views {config.views.global_views}+"
              f"{config.views.patch_views}, cutout {config.views.cutout:g}, noise "
-             f"{config.views.noise:g}, tv {config.tv_weight:g}, "
+             f"{config.views.noise:g}, tv {config.tv_weight:g}{tv_form(config)}, "
              f"scales {','.join(map(str, config.scales)) or 'none'}; "
              f"GMM best of {config.init_candidates}; CrossFlow {config.flow.steps} "
              f"{config.flow.method} steps, guidance {config.flow.guidance}.", "",

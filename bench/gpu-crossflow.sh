@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Train a wider CrossFlow on the world (width 256, depth 8; the shipped one is 128 x 4, 16 px)
+# with the official objective, and measure its bare drafts and refined images against the
+# shipped flow and the GMM start (`clipag bench init`, 32 prompts). On a 2-core CPU the
+# shipped size trained 3000 x 64 in 42 minutes and still drew specks (docs/experiments.md,
+# rows I20-I25): this is the run that needs a GPU.
+#   bash bench/gpu-crossflow.sh [WORKDIR]        # default WORKDIR: work/gpu-crossflow
+#   TOY=1 bash bench/gpu-crossflow.sh [WORKDIR]  # the same pipeline at toy scale (a CPU)
+# Environment: TOY, PYTHON, OUT, DEVICE (auto), STEPS (4000), BATCH (256), RESOLUTION (16),
+# WIDTH (256), DEPTH (8), N (10000 world images; the export is one CPU process, about 1 s per
+# 100 images). STEPS is a guess for about 5 minutes on one H100: the log prints images/s, so
+# the first run tells the next one what fits. Tables land in WORKDIR/init-*/ (and $OUT).
+set -euo pipefail
+
+py=${PYTHON:-python3}
+work=${1:-work/gpu-crossflow}
+device=${DEVICE:-auto}
+mkdir -p "$work"
+run() { echo "+ $*" >&2; "$@"; }
+clipag() { run "$py" -m clipag "$@"; }
+start=$(date +%s)
+elapsed() { echo "  [$(($(date +%s) - start)) s]" >&2; }
+
+if [[ ${TOY:-0} == 1 ]]; then
+  n=${N:-128}; steps=${STEPS:-6}; batch=${BATCH:-8}; width=${WIDTH:-32}; depth=${DEPTH:-1}
+  bench=(--prompts 2 --batch-size 2 --init-candidates 20 --views 2 --refiner-steps 0,4)
+else
+  n=${N:-10000}; steps=${STEPS:-4000}; batch=${BATCH:-256}; width=${WIDTH:-256}; depth=${DEPTH:-8}
+  bench=(--prompts 32 --batch-size 16 --views 32 --refiner-steps 0,25,50)
+fi
+flow="$work/flow.safetensors"
+
+[ -f "$work/data/scenes.jsonl" ] || clipag world export "$work/data" --n "$n" --seed 0 --digit-fraction 0
+elapsed
+
+clipag crossflow train "$work/data" -o "$flow" --model world-vanilla --device "$device" \
+  --resolution "${RESOLUTION:-16}" --width "$width" --depth "$depth" --batch-size "$batch" \
+  --steps "$steps" --lr 5e-4 --warmup $((steps / 20 + 1)) --ema 0.999 --save-every 500 \
+  --log-every 100 --half --resume
+elapsed
+
+# bare drafts: the new flow beside the shipped one; then refined at world-robust's settings
+clipag bench init --inits "crossflow:$flow,crossflow" --refiner-steps 0 --device "$device" \
+  "${bench[@]:0:4}" -o "$work/init-bare"
+clipag bench init --inits "gmm,crossflow:$flow" --patch-views 0 --scales 8,16,32 --cutout 0 \
+  --tv 0.3 --tv-wrap "${bench[@]}" --device "$device" -o "$work/init-refined"
+elapsed
+if [[ -n ${OUT:-} ]]; then
+  mkdir -p "$OUT"
+  for d in init-bare init-refined; do
+    cp "$work/$d/init.md" "$OUT/gpu-crossflow-$d.md" && cp "$work/$d/init.json" "$OUT/gpu-crossflow-$d.json"
+  done
+fi
+echo "done in $(($(date +%s) - start)) s: $work/init-bare $work/init-refined" >&2
