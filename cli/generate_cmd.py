@@ -40,6 +40,14 @@ def flag_of(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def as_flag(field: str, value) -> str:
+    """A setting as the command line would give it: `--scales 8,16`, `--tv-wrap`."""
+    flag = flag_of(field)
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}"
+
+
 @click.command(cls=Command)
 @click.argument("prompt", required=False)
 @click.option("--prompts-file", "-f", type=click.Path(dir_okay=False),
@@ -136,8 +144,7 @@ def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, r
                       f"({PRESETS[DEFAULT_PRESET].about}); pick another with --model")
     if changed and not quiet and rank == 0:
         console.print("with its recommended settings: " + " ".join(
-            f"{flag_of(k)} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
-            for k, v in changed.items()))
+            as_flag(k, v) for k, v in changed.items()))
     if preset is not None and preset.name in WORLD_PRESETS and rank == 0:
         texts = [t.prompt for t in todo] + [n for t in todo for n in t.negatives]
         unknown = unknown_words(texts, world_vocabulary())

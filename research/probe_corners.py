@@ -53,9 +53,11 @@ def variants(guide: str) -> dict[str, GenerateConfig]:
         "no scales": edit(rec, scales=()),
         "cutout 0.5": edit(rec, cutout=0.5),
         "wrap": edit(rec, tv_wrap=True),
-        "wrap, no scales": edit(rec, tv_wrap=True, scales=()),
+        "wrap + no scales": edit(rec, tv_wrap=True, scales=()),
         "tv by side": edit(rec, tv_by_side=True),
-        "wrap, tv by side": edit(rec, tv_wrap=True, tv_by_side=True),
+        "wrap + tv by side": edit(rec, tv_wrap=True, tv_by_side=True),
+        "wrap + tv by side + reference views": edit(rec, tv_wrap=True, tv_by_side=True,
+                                                    style="reference", weight_decay=0.01),
     }
 
 
