@@ -344,6 +344,8 @@ def in_range(name):
         return st.floats(s.low, s.high, exclude_min=s.low_open, exclude_max=s.high_open)
     if s.kind == "sides":
         return st.lists(st.integers(8, 40), max_size=3).map(sorted)
+    if s.kind == "bool":
+        return st.booleans()
     return st.nothing()
 
 
