@@ -12,14 +12,9 @@
 # the first run tells the next one what fits. Tables land in WORKDIR/init-*/ (and $OUT).
 set -euo pipefail
 
-py=${PYTHON:-python3}
 work=${1:-work/gpu-crossflow}
-device=${DEVICE:-auto}
 mkdir -p "$work"
-run() { echo "+ $*" >&2; "$@"; }
-clipag() { run "$py" -m clipag "$@"; }
-start=$(date +%s)
-elapsed() { echo "  [$(($(date +%s) - start)) s]" >&2; }
+source "$(dirname "$0")/script-common.sh"
 
 if [[ ${TOY:-0} == 1 ]]; then
   n=${N:-128}; steps=${STEPS:-6}; batch=${BATCH:-8}; width=${WIDTH:-32}; depth=${DEPTH:-1}

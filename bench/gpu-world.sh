@@ -13,14 +13,9 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-python3}
 work=${1:-work/gpu-world}
-device=${DEVICE:-auto}
 mkdir -p "$work"
-run() { echo "+ $*" >&2; "$@"; }
-clipag() { run "$py" -m clipag "$@"; }
-start=$(date +%s)
-elapsed() { echo "  [$(($(date +%s) - start)) s]" >&2; }
+source "$(dirname "$0")/script-common.sh"
 
 if [[ ${TOY:-0} == 1 ]]; then
   n=${N:-256}; vanilla_s=${VANILLA_S:-8}; robust_s=${ROBUST_S:-8}; batch=16; calibrate=3

@@ -204,7 +204,8 @@ def test_unpack_lays_a_wheel_out_for_import(wheels, tmp_path):
 
 # ---- the GPU scripts ----
 
-@pytest.mark.parametrize("script", ["gpu.sh", "gpu-wheels.sh", "gpu-world.sh", "gpu-crossflow.sh"])
+@pytest.mark.parametrize("script", ["gpu.sh", "gpu-wheels.sh", "gpu-world.sh", "gpu-crossflow.sh",
+                                    "script-common.sh"])
 def test_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(ROOT / "bench" / script)]).returncode == 0
 
