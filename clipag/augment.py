@@ -100,13 +100,9 @@ class Views(torch.nn.Module):
         if self.cfg.style == "reference":
             return self._reference(images)
         cfg = self.cfg
-        whole = images
-        if images.shape[-1] != self.size or images.shape[-2] != self.size:
-            whole = F.interpolate(images, size=(self.size, self.size), mode="bilinear",
-                                  align_corners=False, antialias=True)
         views = []
         if cfg.global_views:
-            views.append(whole.repeat_interleave(cfg.global_views, dim=0))
+            views.append(self._whole(images).repeat_interleave(cfg.global_views, dim=0))
         if cfg.patch_views:
             views.append(self.crop(images.repeat_interleave(cfg.patch_views, dim=0)))
         batch = self._augment(torch.cat(views)) if views else images[:0]
@@ -114,6 +110,7 @@ class Views(torch.nn.Module):
         return batch[:n_global], batch[n_global:]
 
     def _whole(self, images: torch.Tensor) -> torch.Tensor:
+        """The images at the model's input side (as they are when they already have it)."""
         if images.shape[-1] == self.size and images.shape[-2] == self.size:
             return images
         return F.interpolate(images, size=(self.size, self.size), mode="bilinear",

@@ -18,7 +18,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from clipag.generate import GenerateConfig, with_recommended, with_setting
 from clipag.load import load_model
@@ -138,5 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(True)
     main()
