@@ -8,8 +8,9 @@
 #   TOY=1 bash bench/gpu-crossflow.sh [WORKDIR]  # the same pipeline at toy scale (a CPU)
 # Environment: TOY, PYTHON, OUT, DEVICE (auto), STEPS (4000), BATCH (256), RESOLUTION (16),
 # WIDTH (256), DEPTH (8), N (10000 world images; the export is one CPU process, about 1 s per
-# 100 images). STEPS is a guess for about 5 minutes on one H100: the log prints images/s, so
-# the first run tells the next one what fits. Tables land in WORKDIR/init-*/ (and $OUT).
+# 100 images). On an H200 the flow trained at 5,200-6,200 images/s (docs/experiments.md, row
+# G6: STEPS=2000 took 185 s in all), so the default 4000 x 256 is about 3 minutes of training.
+# Run bench/gpu.sh first on a box with only torch. Tables land in WORKDIR/init-*/ (and $OUT).
 set -euo pipefail
 
 work=${1:-work/gpu-crossflow}

@@ -244,6 +244,31 @@ def test_gpu_check_never_clears_a_folder_it_did_not_make(tmp_path):
     assert (mine / "keep").is_dir()
 
 
+
+def test_stage_scripts_run_the_clipag_gpu_sh_laid_out_from_the_checkout_root(tmp_path):
+    """On a box, gpu.sh lays clipag out in SRC (with cli/ as clipag.cli); gpu-world.sh and
+    gpu-crossflow.sh, run from the checkout's root, must import that one, not the checkout's
+    clipag/ folder (which has no clipag.cli): this failed on the first GPU run."""
+    src = tmp_path / "src"
+    (src / "clipag").mkdir(parents=True)
+    (src / ".made-by-gpu-sh").touch()
+    for entry in (ROOT / "clipag").iterdir():
+        (src / "clipag" / entry.name).symlink_to(entry)
+    (src / "clipag" / "cli").symlink_to(ROOT / "cli")
+    probe = ("source bench/script-common.sh; "
+             "$py -c 'import clipag, clipag.cli; print(clipag.__path__[0])'")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    env.update(SRC=str(src), SITE=str(tmp_path / "site"), PYTHON=sys.executable)
+    result = subprocess.run(["bash", "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(src / "clipag")
+    (src / ".made-by-gpu-sh").unlink()  # a folder gpu.sh did not make is never used
+    result = subprocess.run(["bash", "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.stdout.strip() != str(src / "clipag")
+
+
 # ---- the bigger world ViT of bench/gpu-world.sh ----
 
 def test_wider_world_vit_checkpoint_carries_its_architecture(tmp_path):
