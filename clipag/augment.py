@@ -3,7 +3,15 @@
 Each step makes `global_views` views of the whole image and `patch_views` random crops
 (a side of `patch_fraction` of the image) resized to the model's input; every view then gets
 pixel noise, DiffAugment-style colour jitter (brightness shift, saturation and contrast
-scale), a random translation and resize (kornia), and a cutout square (kornia).
+scale), a random translation and resize, and a cutout square.
+
+The clipag style draws every random number of a step in one call on the device and warps with
+`F.affine_grid` + `F.grid_sample`. kornia's augmentation modules spent hundreds of small tensor
+operations per call on parameter checks, dictionaries and matrix algebra, and on a GPU each one
+is a kernel launch: with them, the default views made a step run 957 operations outside the
+model, now 270 (`research/probe_step_ops.py`; docs/experiments.md, rows G2 and G7). The warp
+and the cutout are kornia's RandomAffine and RandomErasing maps for the same random numbers,
+checked against kornia itself in tests/test_augment.py.
 
 `style="reference"` draws the views as the CLIPAG notebook does instead: whole-pixel
 translations, one resize factor for each batch of views (global and patch views each draw
@@ -15,6 +23,7 @@ clamped to [0, 1]. The colour jitter is the same in both styles.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import kornia.augmentation as K
@@ -52,23 +61,77 @@ class ViewConfig:
                                    contrast=(max(0.0, 1 - 0.5 * strength), 1 + 0.5 * strength))
 
 
-def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.empty(n, 1, 1, 1, device=like.device, dtype=like.dtype).uniform_(low, high)
+def _between(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Uniform numbers u in [0, 1) mapped to [low, high), shaped (n, 1, 1, 1)."""
+    return (low + (high - low) * u).view(-1, 1, 1, 1)
 
 
-def color_jitter(x: torch.Tensor, cfg: ViewConfig) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, cfg: ViewConfig, u: torch.Tensor | None = None) -> torch.Tensor:
     """Brightness shift, then saturation and contrast scales around the mean (no clamping,
-    so gradients flow everywhere)."""
-    n = x.shape[0]
+    so gradients flow everywhere). `u` (n, 3): uniform numbers in [0, 1) for the three, drawn
+    here when not given."""
+    if u is None:
+        u = torch.rand(x.shape[0], 3, device=x.device)
     if cfg.brightness:
-        x = x + _uniform(n, -cfg.brightness, cfg.brightness, x)
+        x = x + _between(u[:, 0], -cfg.brightness, cfg.brightness).to(x.dtype)
     if cfg.saturation != (1.0, 1.0):
         gray = x.mean(dim=1, keepdim=True)
-        x = (x - gray) * _uniform(n, *cfg.saturation, x) + gray
+        x = (x - gray) * _between(u[:, 1], *cfg.saturation).to(x.dtype) + gray
     if cfg.contrast != (1.0, 1.0):
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * _uniform(n, *cfg.contrast, x) + mean
+        x = (x - mean) * _between(u[:, 2], *cfg.contrast).to(x.dtype) + mean
     return x
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resampling of x (n, C, H, W) to (n, C, size, size) through the affine maps
+    theta (n, 2, 3) from output to input coordinates normalised to [-1, 1] at the pixel edges
+    (align_corners=False); zeros outside."""
+    grid = F.affine_grid(theta.to(torch.float32), [x.shape[0], x.shape[1], size, size],
+                         align_corners=False)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+def _affine(scale: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor) -> torch.Tensor:
+    """(n, 2, 3) maps x_in = scale * x_out + shift (per axis), from (n,) tensors."""
+    zero = torch.zeros_like(scale)
+    return torch.stack([scale, zero, shift_x, zero, scale, shift_y], dim=1).view(-1, 2, 3)
+
+
+def random_affine(x: torch.Tensor, u: torch.Tensor, translate: float,
+                  scale: tuple[float, float]) -> torch.Tensor:
+    """Each view zoomed by s ~ U(scale) about its centre and shifted by t ~ U(-translate,
+    translate) of its side on each axis, zeros shifted in: kornia's RandomAffine (no rotation,
+    no shear) for the same numbers. `u` (n, 3): uniform numbers in [0, 1) for (tx, ty, s)."""
+    s = scale[0] + (scale[1] - scale[0]) * u[:, 2]
+    # a shift of t sides is 2t in normalised units; the output point p shows the input at
+    # (p - shift) / s
+    shift = (2 * u[:, :2] - 1) * (2 * translate)
+    return _warp(x, _affine(1 / s, -shift[:, 0] / s, -shift[:, 1] / s), x.shape[-1])
+
+
+def random_crop(x: torch.Tensor, u: torch.Tensor, fraction: float, size: int) -> torch.Tensor:
+    """A square window of side `fraction` of each image's side, its position uniform over the
+    image (u (n, 2): uniform numbers in [0, 1) for x, y), resampled to size x size."""
+    centre = (2 * u - 1) * (1 - fraction)  # the window's centre, normalised
+    f = torch.full_like(u[:, 0], fraction)
+    return _warp(x, _affine(f, centre[:, 0], centre[:, 1]), size)
+
+
+def cutout(x: torch.Tensor, u: torch.Tensor, fraction: float) -> torch.Tensor:
+    """A square of side round(fraction * side) blanked in each view, placed wholly inside it,
+    its top-left corner floor(u * (side - square + 1)): kornia's RandomErasing (value 0, ratio
+    1) for the same numbers. `u` (n, 2): uniform numbers in [0, 1) for x, y."""
+    n, _, h, w = x.shape
+    square = [min(max(round(fraction * math.sqrt(h * w)), 1), length) for length in (h, w)]
+    masks = []
+    for axis, length, side in ((1, h, square[0]), (0, w, square[1])):
+        start = (u[:, axis] * (length - side + 1)).floor()[:, None]
+        at = torch.arange(length, device=x.device)
+        masks.append((at >= start) & (at < start + side))
+    blank = masks[0][:, :, None] & masks[1][:, None, :]
+    return x * (~blank)[:, None].to(x.dtype)
 
 
 class Views(torch.nn.Module):
@@ -78,34 +141,37 @@ class Views(torch.nn.Module):
     def __init__(self, size: int, cfg: ViewConfig):
         super().__init__()
         self.size, self.cfg = size, cfg
-        side = cfg.patch_fraction
+        side = cfg.patch_fraction  # the reference style crops with kornia, as the notebook
         self.crop = K.RandomResizedCrop((size, size), scale=(side * side, side * side),
                                         ratio=(1.0, 1.0), p=1.0)
-        self.geometry = K.RandomAffine(degrees=0.0, translate=(cfg.translate, cfg.translate),
-                                       scale=cfg.scale, padding_mode="zeros", p=1.0)
-        area = cfg.cutout * cfg.cutout
-        self.cutout = K.RandomErasing(scale=(area, area), ratio=(1.0, 1.0), value=0.0, p=1.0)
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.noise:
-            x = x + self.cfg.noise * torch.randn_like(x)
-        x = color_jitter(x, self.cfg)
-        if self.cfg.translate or self.cfg.scale != (1.0, 1.0):
-            x = self.geometry(x)
-        if self.cfg.cutout:
-            x = self.cutout(x)
+    def _augment(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Noise, colour jitter, the affine warp and the cutout, from u (n, 8) uniform numbers:
+        colour (0-2), translation and zoom (3-5), cutout position (6-7)."""
+        cfg = self.cfg
+        if cfg.noise:
+            x = x + cfg.noise * torch.randn_like(x)
+        x = color_jitter(x, cfg, u[:, 0:3])
+        if cfg.translate or cfg.scale != (1.0, 1.0):
+            x = random_affine(x, u[:, 3:6], cfg.translate, cfg.scale)
+        if cfg.cutout:
+            x = cutout(x, u[:, 6:8], cfg.cutout)
         return x
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.style == "reference":
             return self._reference(images)
         cfg = self.cfg
+        b = images.shape[0]
+        n_patch = b * cfg.patch_views
+        u = torch.rand(b * cfg.global_views + n_patch, 10, device=images.device)
         views = []
         if cfg.global_views:
             views.append(self._whole(images).repeat_interleave(cfg.global_views, dim=0))
         if cfg.patch_views:
-            views.append(self.crop(images.repeat_interleave(cfg.patch_views, dim=0)))
-        batch = self._augment(torch.cat(views)) if views else images[:0]
+            views.append(random_crop(images.repeat_interleave(cfg.patch_views, dim=0),
+                                     u[-n_patch:, 8:10], cfg.patch_fraction, self.size))
+        batch = self._augment(torch.cat(views), u) if views else images[:0]
         n_global = images.shape[0] * cfg.global_views
         return batch[:n_global], batch[n_global:]
 
