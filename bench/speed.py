@@ -26,6 +26,7 @@ import math
 import platform
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,16 @@ class BenchGuide:
                    if self._variant.dtype else nullcontext())
         with context:
             return F.normalize(self._encode(self._guide.normalize(images)).float(), dim=-1)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: the exception's type, its first non-empty message line and where it was
+    raised (the innermost frame), so a failure inside a compiler with an empty message (as
+    torch.compile's on the H200, row G3) still says where it happened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"[:160] + where
 
 
 def wrap(guide: Guide, variant: Variant):
@@ -247,7 +258,8 @@ def bench_model(name: str, guide: Guide, variants: tuple[Variant, ...], settings
                                               settings.steps)
             best_step = min(best_step, *per_step)
         except Exception as exc:  # a variant that cannot run here is reported, not fatal
-            message = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            message = describe_failure(exc)
+            traceback.print_exc()
             print(f"{name} {variant.name}: failed: {message}", file=sys.stderr)
             if failures is not None:
                 failures.append({"model": name, "variant": variant.name, "error": message})

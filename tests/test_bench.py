@@ -71,6 +71,16 @@ def test_a_variant_that_cannot_run_is_reported_not_fatal(speed, tiny_guide):
                              failures=failures)
     assert [row.variant for row in rows] == ["fp32"]
     assert [(f["model"], f["variant"]) for f in failures] == [("tiny", "fp8 autocast")]
+    assert failures[0]["error"].startswith("KeyError: ")  # the type and where it was raised
+    assert " (at speed.py:" in failures[0]["error"]
+
+
+def test_a_failure_without_a_message_still_says_what_and_where(speed):
+    try:
+        raise AssertionError()  # no message, as torch.compile raised on the H200
+    except AssertionError as exc:
+        line = speed.describe_failure(exc)
+    assert line.startswith("AssertionError: no message (at test_bench.py:")
 
 
 def test_speed_results_are_written_as_json_and_markdown(speed, tiny_guide, tmp_path):
