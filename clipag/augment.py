@@ -83,14 +83,17 @@ def color_jitter(x: torch.Tensor, cfg: ViewConfig, u: torch.Tensor | None = None
     return x
 
 
-def _warp(x: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resampling of x (n, C, H, W) to (n, C, size, size) through the affine maps
-    theta (n, 2, 3) from output to input coordinates normalised to [-1, 1] at the pixel edges
-    (align_corners=False); zeros outside."""
-    grid = F.affine_grid(theta.to(torch.float32), [x.shape[0], x.shape[1], size, size],
-                         align_corners=False)
-    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
+def _warp(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resampling of x (n, C, H, W) to (n, C, *size) through the affine maps theta
+    (n, 2, 3) from output to input coordinates normalised to [-1, 1] at the pixel edges
+    (align_corners=False); zeros outside. The grid is made in float32 even under autocast
+    (its matrix product would otherwise run in fp16 and move samples by a fifth of a pixel)."""
+    if x.shape[0] == 0:
+        return x.new_zeros(0, x.shape[1], *size)
+    with torch.autocast(x.device.type, enabled=False):
+        grid = F.affine_grid(theta.float(), [x.shape[0], x.shape[1], *size], align_corners=False)
+        return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
+                             align_corners=False)
 
 
 def _affine(scale: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor) -> torch.Tensor:
@@ -108,7 +111,7 @@ def random_affine(x: torch.Tensor, u: torch.Tensor, translate: float,
     # a shift of t sides is 2t in normalised units; the output point p shows the input at
     # (p - shift) / s
     shift = (2 * u[:, :2] - 1) * (2 * translate)
-    return _warp(x, _affine(1 / s, -shift[:, 0] / s, -shift[:, 1] / s), x.shape[-1])
+    return _warp(x, _affine(1 / s, -shift[:, 0] / s, -shift[:, 1] / s), x.shape[-2:])
 
 
 def random_crop(x: torch.Tensor, u: torch.Tensor, fraction: float, size: int) -> torch.Tensor:
@@ -116,7 +119,7 @@ def random_crop(x: torch.Tensor, u: torch.Tensor, fraction: float, size: int) ->
     image (u (n, 2): uniform numbers in [0, 1) for x, y), resampled to size x size."""
     centre = (2 * u - 1) * (1 - fraction)  # the window's centre, normalised
     f = torch.full_like(u[:, 0], fraction)
-    return _warp(x, _affine(f, centre[:, 0], centre[:, 1]), size)
+    return _warp(x, _affine(f, centre[:, 0], centre[:, 1]), (size, size))
 
 
 def cutout(x: torch.Tensor, u: torch.Tensor, fraction: float) -> torch.Tensor:

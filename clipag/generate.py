@@ -257,7 +257,10 @@ def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config:
     device = guide.device
     guide.model.requires_grad_(False)
     views = Views(guide.image_size, config.views).to(device)
-    pixels = start.detach().clone().to(device).requires_grad_(True)
+    # contiguous, so that the gradient (and its nan_to_num copy) has the pixels' layout, as
+    # the fused AdamW update assumes
+    pixels = start.detach().to(device).clone(memory_format=torch.contiguous_format)
+    pixels.requires_grad_(True)
     # fused: one kernel for the update on CUDA, where the step is bound by launches (row G2)
     optimizer = torch.optim.AdamW([pixels], lr=config.lr, weight_decay=config.weight_decay,
                                   fused=device.type == "cuda")
