@@ -13,11 +13,16 @@ its variants to the table) and corners-grid.png (one row a variant of this run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+import clipag.init as init_module
 
 from clipag.generate import GenerateConfig, with_recommended, with_setting
 from clipag.load import load_model
@@ -57,7 +62,33 @@ def variants(guide: str) -> dict[str, GenerateConfig]:
         "wrap + tv by side": edit(rec, tv_wrap=True, tv_by_side=True),
         "wrap + tv by side + reference views": edit(rec, tv_wrap=True, tv_by_side=True,
                                                     style="reference", weight_decay=0.01),
+        CENTRE_SCORED: rec,
     }
+
+
+CENTRE_SCORED = "centre-scored start"  # research only: the start chosen by its centre
+
+
+@contextlib.contextmanager
+def centre_scored_start():
+    """The best-of-N start chosen by the guide's score of each candidate's central half (zoomed
+    to the candidate's side) instead of the whole candidate: the winning candidate's
+    prompt-like blob then tends to lie at the centre, where the world puts objects."""
+    plain = init_module.best_of
+
+    def by_centre(candidates: torch.Tensor, score, chunk: int = 256) -> torch.Tensor:
+        side = candidates.shape[-1]
+        q = side // 4
+        centres = F.interpolate(candidates[..., q:side - q, q:side - q], size=(side, side),
+                                mode="bilinear", align_corners=False)
+        scores = torch.cat([score(centres[i:i + chunk]) for i in range(0, len(centres), chunk)])
+        return candidates[int(scores.argmax().item())]
+
+    init_module.best_of = by_centre
+    try:
+        yield
+    finally:
+        init_module.best_of = plain
 
 
 def placement(reads: list[dict]) -> dict[str, float]:
@@ -105,7 +136,8 @@ def main() -> None:
     for name in names:
         config = dataclasses.replace(table[name], steps=args.steps)
         began = time.perf_counter()
-        images, _ = make_images(guide, texts, config, args.batch_size, seed=0)
+        with centre_scored_start() if name == CENTRE_SCORED else contextlib.nullcontext():
+            images, _ = make_images(guide, texts, config, args.batch_size, seed=0)
         seconds = (time.perf_counter() - began) / len(texts)
         accuracy, judge_score, _ = score_images(images, texts, judge)
         reads = [read_image(image) for image in images]
