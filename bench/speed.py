@@ -127,7 +127,7 @@ class Row:
     batch: int  # images optimised together
     variant: str
     s_step: float  # mean over the timed steps
-    s_image: float  # image_steps x s_step
+    s_image: float  # image_steps x s_step / batch: a step moves `batch` images
     views_per_s: float
     best_step_s: float  # the fastest step (of the timed ones and of those paired with model_s)
     model_s: float  # the fastest forward + backward of the same views alone
@@ -271,7 +271,8 @@ def bench_model(name: str, guide: Guide, variants: tuple[Variant, ...], settings
         if variant.precision == "fp32" and device.type == "cuda":
             note = f"float32 matmul precision {torch.get_float32_matmul_precision()}"
         row = Row(name, size, n_views, settings.batch, variant.name, s_step,
-                  settings.image_steps * s_step, settings.batch * n_views / s_step,
+                  settings.image_steps * s_step / settings.batch,
+                  settings.batch * n_views / s_step,
                   best_step, model_s, 1 - model_s / best_step, step_flops_, achieved, peak,
                   achieved / peak if peak else None, note)
         rows.append(row)
@@ -324,7 +325,8 @@ def markdown(rows: list[Row], meta: dict) -> str:
              f"Device: {meta['device']} ({meta['device_name']}), torch {meta['torch']}, "
              f"torch threads {meta['threads']}. Command: `{meta['command']}`.", "",
              f"s/step: mean of the timed steps; s/image = {meta['image_steps']} steps x s/step "
-             "(optimisation only: no model loading, no start image). Outside model = 1 - "
+             "/ images a step (the views column: images x views; optimisation only: no model "
+             "loading, no start image). Outside model = 1 - "
              "(fastest forward+backward of the same views alone) / (fastest step), the two "
              "timed in turns. FLOP/step: "
              "FlopCounterMode on one step (the pixel gradient only: the weights are frozen). "

@@ -53,6 +53,13 @@ def test_speed_benchmark_measures_one_step_of_the_tiny_model(speed, tiny_guide):
     assert row.peak_flops is None and row.peak_share is None  # a CPU has no known peak
 
 
+def test_seconds_per_image_count_every_image_of_a_step(speed, tiny_guide):
+    settings = speed.BenchSettings(steps=1, image_steps=10, batch=4, views=2, patch_views=0)
+    (row,) = speed.bench_model("tiny", tiny_guide, (speed.FP32,), settings, "cpu")
+    assert row.batch == 4 and row.s_image == pytest.approx(10 * row.s_step / 4)
+    assert row.views_per_s == pytest.approx(4 * 2 / row.s_step)
+
+
 def test_step_flops_are_counted_exactly_and_grow_with_the_views(speed, tiny_guide):
     """The count is the model's work, not a timing: the same step counts the same, and twice
     the views is about twice the FLOPs (the per-image loss terms are tiny)."""
@@ -236,7 +243,7 @@ def test_gpu_check_dry_run_lists_every_stage_in_the_summary(tmp_path):
     text = summary.read_text()
     for stage in ("install missing wheels", "CUDA tests", "generate, default model",
                   "generate, ViT-B-32 random weights, fp16", "speed benchmark",
-                  "robustify throughput"):
+                  "speed benchmark, 8 images a step", "robustify throughput"):
         assert f"| {stage} | dry run |" in text
     assert "DRY RUN" in text and "--pretrained none --device cuda" in text
     assert not (tmp_path / "src").exists()  # a dry run lays nothing out
