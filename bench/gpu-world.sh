@@ -7,7 +7,8 @@
 #   bash bench/gpu-world.sh [WORKDIR]        # default WORKDIR: work/gpu-world
 #   TOY=1 bash bench/gpu-world.sh [WORKDIR]  # the same pipeline at toy scale (runs on a CPU)
 # On a box with only torch, run bash bench/gpu.sh first: it installs the wheels and lays clipag
-# out, and this script then uses that (script-common.sh). On an H200: 244 s (row G5). The PAG table lands in WORKDIR/pag/ (and $OUT when set).
+# out, and this script then uses that (script-common.sh). On an H200: 244 s (row G5). The PAG
+# table lands in WORKDIR/pag/ (and $OUT when set).
 # Environment: TOY, PYTHON, OUT, DEVICE (auto), VANILLA_S (110), ROBUST_S (80), N (10000: the
 # export is one CPU process, about 1 s per 100 images).
 set -euo pipefail

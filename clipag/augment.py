@@ -144,13 +144,13 @@ class Views(torch.nn.Module):
     def __init__(self, size: int, cfg: ViewConfig):
         super().__init__()
         self.size, self.cfg = size, cfg
-        side = cfg.patch_fraction  # the reference style crops with kornia, as the notebook
+        side = cfg.patch_fraction  # only the reference style crops with kornia, as the notebook
         self.crop = K.RandomResizedCrop((size, size), scale=(side * side, side * side),
-                                        ratio=(1.0, 1.0), p=1.0)
+                                        ratio=(1.0, 1.0), p=1.0) if cfg.style == "reference" else None
 
     def _augment(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Noise, colour jitter, the affine warp and the cutout, from u (n, 8) uniform numbers:
-        colour (0-2), translation and zoom (3-5), cutout position (6-7)."""
+        """Noise, colour jitter, the affine warp and the cutout, from the uniform numbers u
+        (n, 10): colour (columns 0-2), translation and zoom (3-5), cutout position (6-7)."""
         cfg = self.cfg
         if cfg.noise:
             x = x + cfg.noise * torch.randn_like(x)
@@ -175,7 +175,7 @@ class Views(torch.nn.Module):
             views.append(random_crop(images.repeat_interleave(cfg.patch_views, dim=0),
                                      u[-n_patch:, 8:10], cfg.patch_fraction, self.size))
         batch = self._augment(torch.cat(views), u) if views else images[:0]
-        n_global = images.shape[0] * cfg.global_views
+        n_global = b * cfg.global_views
         return batch[:n_global], batch[n_global:]
 
     def _whole(self, images: torch.Tensor) -> torch.Tensor:
