@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clipag.flow.crossflow import (CONTRASTS, DEFAULT_FLOW, REGULARISERS, TIME_SAMPLINGS, FlowInit,
-                                   LossWeights, SampleConfig, load_flow, text_guide_for)
+from clipag.flow.crossflow import (CONTRASTS, DEFAULT_FLOW, NET_SIZES, NETS, REGULARISERS,
+                                   TIME_SAMPLINGS, FlowInit, LossWeights, SampleConfig, load_flow,
+                                   text_guide_for)
 from clipag.flow.train import FlowTrainConfig, train_flow
 from clipag.device import resolve_device
 from clipag.train.data import DEFAULT_TEMPLATE
@@ -33,8 +34,15 @@ def crossflow():
 @model_options(default_hint="world-robust")
 @click.option("--resolution", type=Count(4, 256), default=16, show_default=True,
               help="image side of the flow")
-@click.option("--width", type=Count(8, 4096), default=192, show_default=True)
-@click.option("--depth", type=Count(1, 64), default=4, show_default=True)
+@click.option("--net", type=click.Choice(NETS), default=FlowTrainConfig.net, show_default=True,
+              help="velocity network: a plain transformer over pixel patches (the paper's) or a "
+              "convolutional U-Net")
+@click.option("--width", type=Count(8, 4096), default=None,
+              help="transformer width or U-Net base channels "
+              f"[default: {', '.join(f'{k} {v[0]}' for k, v in NET_SIZES.items())}]")
+@click.option("--depth", type=Count(1, 64), default=None,
+              help="transformer layers or U-Net residual blocks per level "
+              f"[default: {', '.join(f'{k} {v[1]}' for k, v in NET_SIZES.items())}]")
 @click.option("--steps", type=Count(1), default=2000, show_default=True)
 @click.option("--batch-size", type=Count(1, 1 << 20), default=128, show_default=True,
               help="global batch")
@@ -71,13 +79,13 @@ def crossflow():
               help="train again over an existing output (replaced only when the new one is done)")
 @click.option("--half", is_flag=True, help="store the final weights in fp16")
 @click.option("--quiet", "-q", is_flag=True)
-def train_cmd(data, out, spec, device, resolution, width, depth, steps, batch_size, lr,
+def train_cmd(data, out, spec, device, resolution, net, width, depth, steps, batch_size, lr,
               weight_decay, warmup, kl_weight, regulariser, contrastive_weight, contrast,
               sigma_min, time_sampling, ema, uncond, save_every, log_every, seed, template,
               resume, overwrite, half, quiet):
     """Train a CrossFlow on DATA, with text embeddings from a CLIP's text tower (--model)."""
     config = FlowTrainConfig(
-        data=data, out=out, resolution=resolution, width=width, depth=depth, steps=steps,
+        data=data, out=out, resolution=resolution, net=net, width=width, depth=depth, steps=steps,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
         weights=LossWeights(kl_weight, contrastive_weight, uncond, regulariser, sigma_min,
                             time_sampling),

@@ -14,6 +14,7 @@ from clipag.load import ModelSpec
 
 TINY = FlowConfig(text_dim=32, resolution=8, patch=2, width=32, depth=2, heads=2,
                   ve_hidden=64, embed_dim=16)
+TINY_UNET = dataclasses.replace(TINY, net="unet", width=16, depth=1)
 
 
 def test_ve_latent_has_the_image_shape_and_kl_is_zero_at_the_prior():
@@ -28,8 +29,9 @@ def test_ve_latent_has_the_image_shape_and_kl_is_zero_at_the_prior():
     assert kl_to_standard_normal(zeros, zeros + 1).item() > 0
 
 
-def test_velocity_net_maps_images_to_images():
-    model = CrossFlow(TINY)
+@pytest.mark.parametrize("cfg", [TINY, TINY_UNET], ids=["transformer", "unet"])
+def test_velocity_net_maps_images_to_images(cfg):
+    model = CrossFlow(cfg)
     x = torch.randn(3, 3, 8, 8)
     v = model.velocity(x, torch.rand(3), torch.tensor([0, 1, 1]))
     assert v.shape == x.shape
@@ -68,13 +70,14 @@ def _scenes(which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 TOY_SEEDS = (0, 1, 2)
 
 
-@pytest.fixture(scope="module")
-def toy_flows():
-    """The toy task learnt with the default objective from three seeds: (model, flow losses)."""
+@pytest.fixture(scope="module", params=[TINY, TINY_UNET], ids=["transformer", "unet"])
+def toy_flows(request):
+    """The toy task learnt with the default objective from three seeds, by each velocity
+    network: (model, flow losses)."""
     runs = []
     for seed in TOY_SEEDS:
         torch.manual_seed(seed)
-        model = CrossFlow(TINY)
+        model = CrossFlow(request.param)
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         g = torch.Generator().manual_seed(seed)
         losses = []
@@ -195,15 +198,38 @@ def test_bad_sample_settings(change, message):
 def test_bad_architecture():
     with pytest.raises(ClipagError, match="multiple of the patch"):
         CrossFlow(dataclasses.replace(TINY, resolution=9))
+    with pytest.raises(ClipagError, match="power of two"):
+        CrossFlow(dataclasses.replace(TINY_UNET, resolution=12))
+    with pytest.raises(ClipagError, match="velocity network"):
+        CrossFlow(dataclasses.replace(TINY, net="mlp"))
+
+
+def test_unet_levels_halve_the_side_down_to_4_and_every_level_shapes_the_output():
+    from clipag.flow.unet import level_channels
+
+    assert level_channels(16, 32) == [32, 64, 64]
+    assert level_channels(32, 8) == [8, 16, 16, 16]
+    assert level_channels(4, 8) == [8]
+    for resolution in (4, 16, 32):
+        torch.manual_seed(0)
+        model = CrossFlow(dataclasses.replace(TINY_UNET, resolution=resolution))
+        torch.nn.init.normal_(model.velocity.out.weight, std=0.1)
+        x = torch.randn(2, 3, resolution, resolution, requires_grad=True)
+        v = model.velocity(x, torch.rand(2), torch.tensor([0, 1]))
+        assert v.shape == x.shape
+        # a change in the far corner reaches the opposite corner: the coarse levels see it all
+        v[0, :, 0, 0].sum().backward()
+        assert x.grad[0, :, -1, -1].abs().sum() > 0 and x.grad[1].abs().sum() == 0
 
 
 def test_save_load_roundtrip_and_refusals(tmp_path, tiny_checkpoint):
-    model = CrossFlow(TINY)
-    path = save_flow(tmp_path / "f.safetensors", model, {"text_model": "x", "text_probe": [0.0]})
-    loaded, meta = load_flow(path, torch.device("cpu"))
-    assert meta["text_model"] == "x" and loaded.cfg == TINY
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value)
+    for cfg in (TINY, TINY_UNET):
+        model = CrossFlow(cfg)
+        path = save_flow(tmp_path / "f.safetensors", model, {"text_model": "x", "text_probe": [0.0]})
+        loaded, meta = load_flow(path, torch.device("cpu"))
+        assert meta["text_model"] == "x" and loaded.cfg == cfg
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value)
     with pytest.raises(ClipagError, match="not found"):
         load_flow(tmp_path / "missing.safetensors", torch.device("cpu"))
     with pytest.raises(ClipagError, match="not a clipag CrossFlow"):
@@ -336,6 +362,27 @@ def test_crossflow_commands_train_then_sample(tmp_path, world_captions, tiny_che
         assert bad.exit_code != 0 and message in bad.output and "Traceback" not in bad.output
 
 
+def test_crossflow_train_builds_the_chosen_net_and_refuses_an_impossible_one(
+        tmp_path, world_captions, tiny_checkpoint):
+    from click.testing import CliRunner
+
+    from clipag.cli.main import cli
+
+    runner = CliRunner()
+    flow = tmp_path / "unet.safetensors"
+    common = ["crossflow", "train", str(world_captions), "-c", str(tiny_checkpoint), "--net",
+              "unet", "--steps", "2", "--batch-size", "4", "-q"]
+    result = runner.invoke(cli, [*common, "-o", str(flow), "--resolution", "8"])
+    assert result.exit_code == 0, result.output
+    model, meta = load_flow(flow, torch.device("cpu"))
+    # width and depth left out: the U-Net's own defaults, recorded in the file
+    assert (model.cfg.net, model.cfg.width, model.cfg.depth) == ("unet", 64, 2)
+    assert meta["flow"]["net"] == "unet"
+    bad = runner.invoke(cli, [*common, "-o", str(tmp_path / "bad.safetensors"), "--resolution", "12"])
+    assert bad.exit_code != 0 and "power of two" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "DATA", "-o", "OUT", "--width", "0"], "--width"),
     (["train", "DATA", "-o", "OUT", "--lr", "nan"], "--lr"),
@@ -344,6 +391,7 @@ def test_crossflow_commands_train_then_sample(tmp_path, world_captions, tiny_che
     (["train", "DATA", "-o", "OUT", "--ema", "1"], "--ema"),
     (["train", "DATA", "-o", "OUT", "--uncond", "1"], "--uncond"),
     (["train", "DATA", "-o", "OUT", "--steps", "-3"], "--steps"),
+    (["train", "DATA", "-o", "OUT", "--net", "mlp"], "--net"),
     (["sample", "a red circle", "--guidance", "nan"], "--guidance"),
     (["sample", "a red circle", "--temperature", "-1"], "--temperature"),
     (["sample", "a red circle", "--samples", "0"], "--samples"),

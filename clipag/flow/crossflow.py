@@ -12,9 +12,10 @@ starts from the text's own distribution instead of Gaussian noise.
   fields existed load as that. (The paper encodes the token sequence of a language model;
   here the input is the pooled, unit-norm CLIP text embedding the guide already computes.)
 - Flow matching learns the straight path from z0 to the image x1 in [-1, 1]:
-  x_t = (1 - (1 - sigma_min) t) z0 + t x1, velocity target x1 - (1 - sigma_min) z0, with a
-  plain transformer over pixel patches and no cross-attention: the text enters only through
-  z0. Training keeps an exponential moving average of the weights; the file stores it and
+  x_t = (1 - (1 - sigma_min) t) z0 + t x1, velocity target x1 - (1 - sigma_min) z0, with no
+  cross-attention: the text enters only through z0. The velocity network is a plain
+  transformer over pixel patches (`net="transformer"`, the paper's) or a small convolutional
+  U-Net (`net="unet"`, flow/unet.py). Training keeps an exponential moving average of the weights; the file stores it and
   sampling uses it.
 - Classifier-free guidance through a binary indicator: with probability `uncond` a training
   pair gets indicator 0 and a random image of the batch as its target, so the indicator-0
@@ -40,9 +41,14 @@ from ..errors import ClipagError
 from ..load import ModelSpec, load_spec
 from ..models import Guide
 from ..prompts import WeightedPrompt
+from .unet import UNetVelocity, timestep_embedding
 
 
 CONTRASTS = ("latent", "projection")
+NETS = ("transformer", "unet")
+# width and depth when not given: a transformer's width and layers, a U-Net's base channels
+# and residual blocks per level
+NET_SIZES = {"transformer": (192, 4), "unet": (64, 2)}
 REGULARISERS = ("official", "standard")
 TIME_SAMPLINGS = ("uniform", "square")
 # what a field meant in files written before it existed: load them as they were trained
@@ -64,13 +70,21 @@ class FlowConfig:
     # "latent": z0 itself against the image mapped to the latent's size (official);
     # "projection": both projected to embed_dim (the first clipag flows)
     contrast: str = "latent"
+    # the velocity network: "transformer" (a plain one over pixel patches, as the paper) or
+    # "unet" (convolutions; width = base channels, depth = residual blocks per level)
+    net: str = "transformer"
 
     def validate(self) -> None:
+        if self.net not in NETS:
+            raise ClipagError(f"unknown velocity network {self.net!r}: {' or '.join(NETS)}")
         if self.contrast not in CONTRASTS:
             raise ClipagError(f"unknown contrast {self.contrast!r}: {' or '.join(CONTRASTS)}")
         if self.resolution < 4 or self.resolution % self.patch:
             raise ClipagError(f"--resolution {self.resolution} must be >= 4 and a multiple of "
                               f"the patch size {self.patch}")
+        if self.net == "unet" and (self.resolution < 4 or self.resolution & (self.resolution - 1)):
+            raise ClipagError(f"--resolution {self.resolution}: the U-Net needs a power of two "
+                              ">= 4 (it halves the side down to 4)")
         if self.width % self.heads:
             raise ClipagError(f"width {self.width} is not divisible by {self.heads} heads")
 
@@ -140,14 +154,6 @@ def ve_regulariser(mean: torch.Tensor, logvar: torch.Tensor, kind: str) -> torch
         kl_to_standard_normal(mean, logvar)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal features of t in [0, 1], (B,) -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
-    angles = (t.float() * 1000)[:, None] * freqs[None]
-    return torch.cat([angles.cos(), angles.sin()], dim=-1)
-
-
 class VelocityNet(nn.Module):
     """A plain transformer over pixel patches; the time and the CFG indicator are two extra
     tokens. (x_t (B, 3, R, R), t (B,), indicator (B,) in {0, 1}) -> velocity (B, 3, R, R)."""
@@ -185,7 +191,8 @@ class CrossFlow(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.ve = TextVE(cfg)
-        self.velocity = VelocityNet(cfg)
+        self.velocity = VelocityNet(cfg) if cfg.net == "transformer" else \
+            UNetVelocity(cfg.resolution, cfg.width, cfg.depth, cfg.heads)
         # the contrastive term: the target image mapped to z0's size ("latent"), or z0 and
         # the image each projected to embed_dim ("projection")
         if cfg.contrast == "projection":

@@ -16,8 +16,8 @@ import torch
 
 from torch import nn
 
-from .crossflow import (CONTRASTS, EMA, CrossFlow, FlowConfig, LossWeights, flow_loss, save_flow,
-                        text_probe)
+from .crossflow import (CONTRASTS, EMA, NET_SIZES, NETS, CrossFlow, FlowConfig, LossWeights,
+                        flow_loss, save_flow, text_probe)
 from ..train.data import DEFAULT_TEMPLATE, BatchStream, load_all, open_dataset
 from ..errors import ClipagError
 from ..load import ModelSpec, load_spec
@@ -30,10 +30,11 @@ from ..train.common import (average_gradients, barrier, finished, init_distribut
 class FlowTrainConfig:
     data: str
     out: str
-    # the architecture's defaults are FlowConfig's, written once
+    # the architecture's defaults are FlowConfig's and NET_SIZES', written once
     resolution: int = FlowConfig.resolution
-    width: int = FlowConfig.width
-    depth: int = FlowConfig.depth
+    net: str = FlowConfig.net
+    width: int | None = None  # None: NET_SIZES[net]
+    depth: int | None = None
     steps: int = 2000
     batch_size: int = 128
     lr: float = 5e-4
@@ -52,8 +53,11 @@ class FlowTrainConfig:
     half: bool = False
 
     def validate(self) -> None:
+        if self.net not in NETS:
+            raise ClipagError(f"unknown --net {self.net!r}: {' or '.join(NETS)}")
         for name in ("steps", "batch_size", "resolution", "width", "depth", "log_every"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ClipagError(f"--{name.replace('_', '-')} must be >= 1")
         for name in ("warmup", "save_every"):
             if getattr(self, name) < 0:
@@ -68,6 +72,13 @@ class FlowTrainConfig:
         if self.contrast not in CONTRASTS:
             raise ClipagError(f"unknown --contrast {self.contrast!r}: {' or '.join(CONTRASTS)}")
         self.weights.validate()
+        self.architecture(1).validate()
+
+    def architecture(self, text_dim: int) -> FlowConfig:
+        width, depth = NET_SIZES[self.net]
+        return FlowConfig(text_dim=text_dim, resolution=self.resolution, net=self.net,
+                          width=self.width or width, depth=self.depth or depth,
+                          contrast=self.contrast)
 
 
 @dataclass
@@ -136,8 +147,7 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
     check_readable(dataset, config.resolution)
     with torch.no_grad():
         dim = text_guide.encode_texts(["a photo"]).shape[-1]
-    arch = FlowConfig(text_dim=dim, resolution=config.resolution, width=config.width,
-                      depth=config.depth, contrast=config.contrast)
+    arch = config.architecture(dim)
     model = CrossFlow(arch).to(device).train()
     trainee = Trainee(model, config.ema).to(device)
     params = list(model.parameters())
