@@ -91,7 +91,9 @@ def test_benchmark_judge_may_be_a_checkpoint_file(tmp_path):
 
 
 def test_embedded_crossflow_drafts_show_their_prompt():
-    """The shipped world CrossFlow alone: its drafts' background colour follows the prompt."""
+    """The shipped world CrossFlow alone: its drafts' background and object colours follow the
+    prompt (measured 12/12 and 8/12 on these prompts; a flow that draws the background alone,
+    as the first shipped one did, reads 0 for the object's colour)."""
     from clipag.flow.crossflow import DEFAULT_FLOW, FlowInit, SampleConfig, load_flow, text_guide_for
     from clipag.world.judge import judge
     from clipag.prompts import parse_prompt
@@ -100,9 +102,9 @@ def test_embedded_crossflow_drafts_show_their_prompt():
     model, meta = load_flow(DEFAULT_FLOW, CPU)
     drafter = FlowInit(model, text_guide_for(meta, CPU), SampleConfig())
     prompts = suite(12, seed=4321)
-    hits = [judge(drafter.draft(parse_prompt(p), seed=i), p)["background"]
-            for i, p in enumerate(prompts)]
-    assert sum(hits) / len(hits) >= 0.75
+    reads = [judge(drafter.draft(parse_prompt(p), seed=i), p) for i, p in enumerate(prompts)]
+    assert sum(r["background"] for r in reads) / len(reads) >= 0.75
+    assert sum(r["color"] for r in reads) / len(reads) >= 0.4
 
 
 def test_init_benchmark_smoke(tmp_path):
