@@ -15,8 +15,8 @@ starts from the text's own distribution instead of Gaussian noise.
   x_t = (1 - (1 - sigma_min) t) z0 + t x1, velocity target x1 - (1 - sigma_min) z0, with no
   cross-attention: the text enters only through z0. The velocity network is a plain
   transformer over pixel patches (`net="transformer"`, the paper's) or a small convolutional
-  U-Net (`net="unet"`, flow/unet.py). Training keeps an exponential moving average of the weights; the file stores it and
-  sampling uses it.
+  U-Net (`net="unet"`, flow/unet.py). Training keeps an exponential moving average of the
+  weights; the file stores it and sampling uses it.
 - Classifier-free guidance through a binary indicator: with probability `uncond` a training
   pair gets indicator 0 and a random image of the batch as its target, so the indicator-0
   flow maps text latents to the image distribution at large; sampling mixes
