@@ -20,6 +20,7 @@ import torch
 
 from .augment import VIEW_STYLES, ViewConfig, Views
 from .errors import ClipagError
+from .flow.crossflow import FlowInit
 from .init import (InitSource, check_init, init_name, init_source, initial_images,
                    SampleConfig, upsample)
 from .models import Guide
@@ -220,6 +221,18 @@ def stage_plan(size: int, scales: tuple[int, ...], steps: int) -> list[tuple[int
     sides = (*scales, size)
     each = steps // len(sides)
     return [(side, each) for side in sides[:-1]] + [(size, steps - each * (len(sides) - 1))]
+
+
+def scales_for_start(config: GenerateConfig, source: InitSource) -> GenerateConfig:
+    """`config` without the coarse stages below a CrossFlow draft's side. The draft holds
+    its object at that side; a stage below it averages the object away before the refiner
+    starts (docs/experiments.md, rows I39-I42: from a 16 px draft, 25 steps over sides
+    8, 16, 32 read colour 0.41 and over 16, 32 0.62)."""
+    if not isinstance(source, FlowInit):
+        return config
+    side = source.model.cfg.resolution
+    kept = tuple(s for s in config.scales if s >= side)
+    return config if kept == tuple(config.scales) else dataclasses.replace(config, scales=kept)
 
 
 def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: GenerateConfig,
@@ -448,6 +461,7 @@ def generate(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gene
     text pushed away with weight -`negative_weight`. `source`: see `prepare`."""
     began = time.perf_counter()
     start = prepare(prompts, model, config, seeds, negatives, negative_weight, source=source)
+    config = scales_for_start(config, start.source)
     torch.manual_seed(start.seeds[0])  # the augmentations' randomness
     result = optimise(model, start.targets, start.images, config, on_step)
     seconds = (time.perf_counter() - began) / len(start.seeds)

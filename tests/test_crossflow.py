@@ -316,6 +316,31 @@ def test_crossflow_init_plugs_into_generate(tmp_path, tiny_guide, tiny_checkpoin
     assert meta["init"] == "crossflow" and meta["settings"]["flow"]["steps"] == 10
 
 
+def test_a_crossflow_start_skips_the_coarse_stages_below_its_draft(tmp_path, tiny_guide):
+    """A 16 px draft refined over sides 8, 16, 32: the 8 px stage would average its object
+    away, so it is dropped; a GMM start keeps every stage."""
+    from clipag.generate import GenerateConfig, generate, scales_for_start
+    from clipag.flow.crossflow import text_probe
+
+    with torch.no_grad():
+        dim = tiny_guide.encode_texts(["x"]).shape[-1]
+    model = CrossFlow(dataclasses.replace(TINY, text_dim=dim, resolution=16))
+    path = save_flow(tmp_path / "f16.safetensors", model,
+                     {"text_model": "tiny", "text_probe": text_probe(tiny_guide.encode_texts)})
+    from clipag.augment import ViewConfig
+
+    config = GenerateConfig(size=32, steps=6, scales=(8, 16), init=f"crossflow:{path}",
+                            flow=SampleConfig(steps=2), views=ViewConfig(global_views=2,
+                                                                          patch_views=0))
+    made = generate(["a red circle"], tiny_guide, config, seeds=[0])
+    assert made.records[0]["settings"]["scales"] == [16]
+    assert made.images.shape == (1, 3, 32, 32)
+    assert scales_for_start(config, None) is config  # not a CrossFlow: untouched
+    gmm = dataclasses.replace(config, init="gmm", init_candidates=4)
+    assert generate(["a red circle"], tiny_guide, gmm, seeds=[0]).records[0]["settings"][
+        "scales"] == [8, 16]
+
+
 def test_crossflow_init_refuses_a_flow_from_another_text_tower(tmp_path, tiny_guide, tiny_checkpoint):
     from clipag.flow.crossflow import load_flow, text_guide_for
 
