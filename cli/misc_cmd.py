@@ -178,6 +178,8 @@ def _names(text: str, option: str) -> list[str]:
               help="comma-separated refiner step counts (0 = the start image alone)")
 @click.option("--prompts", type=Count(1, 10_000), default=16, show_default=True)
 @bench_view_options
+@click.option("--lr", type=Real(0, low_open=True), default=_GEN.lr, show_default=True,
+              help="the refiner's learning rate")
 @click.option("--init-candidates", type=Count(1, 1_000_000), default=_GEN.init_candidates,
               show_default=True)
 @click.option("--flow-steps", type=Count(1, 10_000), default=_GEN.flow.steps, show_default=True)
@@ -188,7 +190,7 @@ def _names(text: str, option: str) -> list[str]:
 @click.option("--out", "-o", default="bench/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, init_candidates,
+def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, lr, init_candidates,
                flow_steps, flow_guidance, batch_size, seed, out, device):
     """Judge accuracy and time of GMM vs CrossFlow starts at several refiner step counts."""
     import sys
@@ -202,7 +204,7 @@ def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, init
         check_init(name)
     if not refiner_steps or min(refiner_steps) < 0:
         raise ClipagError("--refiner-steps must be counts >= 0, e.g. 0,25,50")
-    config = GenerateConfig(init_candidates=init_candidates,
+    config = GenerateConfig(init_candidates=init_candidates, lr=lr,
                             flow=SampleConfig(flow_steps, flow_guidance), **settings)
     config.check()
     check_writable(Path(out) / "init.md")

@@ -313,7 +313,7 @@ def test_crossflow_init_plugs_into_generate(tmp_path, tiny_guide, tiny_checkpoin
     assert result.exit_code == 0, result.output
     import json
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["init"] == "crossflow" and meta["settings"]["flow"]["steps"] == 10
+    assert meta["init"] == "crossflow" and meta["settings"]["flow"]["steps"] == SampleConfig.steps
 
 
 def test_a_crossflow_start_skips_the_coarse_stages_below_its_draft(tmp_path, tiny_guide):

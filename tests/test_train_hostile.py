@@ -448,6 +448,7 @@ def _main(args):
     ["bench", "pag", "--noise", "nan"], ["bench", "init", "--inits", ","],
     ["bench", "init", "--prompts", "0"], ["bench", "init", "--flow-guidance", "inf"],
     ["bench", "init", "--flow-steps", "0"], ["bench", "init", "--seed", "-1"],
+    ["bench", "init", "--lr", "0"], ["bench", "init", "--lr", "nan"],
     ["eval", "DATA", "--holdout", "1.5"], ["eval", "DATA", "--eps", "nan"],
     ["eval", "DATA", "--attack-steps", "-1"], ["eval", "DATA", "--limit", "0"],
     ["eval", "DATA", "--attack-step-size", "inf"], ["eval", "DATA", "--batch-size", "0"],
