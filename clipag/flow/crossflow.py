@@ -46,9 +46,6 @@ from .unet import UNetVelocity, timestep_embedding
 
 CONTRASTS = ("latent", "projection")
 NETS = ("transformer", "unet")
-# width and depth when not given: a transformer's width and layers, a U-Net's base channels
-# and residual blocks per level
-NET_SIZES = {"transformer": (192, 4), "unet": (64, 2)}
 REGULARISERS = ("official", "standard")
 TIME_SAMPLINGS = ("uniform", "square")
 # what a field meant in files written before it existed: load them as they were trained
@@ -91,6 +88,11 @@ class FlowConfig:
     @property
     def latent_numel(self) -> int:
         return 3 * self.resolution * self.resolution
+
+
+# width and depth when not given: a transformer's width and layers (FlowConfig's), a U-Net's
+# base channels and residual blocks per level
+NET_SIZES = {"transformer": (FlowConfig.width, FlowConfig.depth), "unet": (64, 2)}
 
 
 @dataclass(frozen=True)

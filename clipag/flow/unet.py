@@ -66,8 +66,8 @@ class Attention(nn.Module):
 
 
 def level_channels(resolution: int, width: int) -> list[int]:
-    """Channels per level, from side `resolution` down to side 4 (at least one level)."""
-    levels = max(1, int(math.log2(resolution // 4)) + 1) if resolution >= 4 else 1
+    """Channels per level, from side `resolution` (a power of two >= 4) down to side 4."""
+    levels = int(math.log2(resolution // 4)) + 1
     return [width] + [2 * width] * (levels - 1)
 
 
