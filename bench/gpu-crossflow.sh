@@ -7,7 +7,8 @@
 #   bash bench/gpu-crossflow.sh [WORKDIR]        # default WORKDIR: work/gpu-crossflow
 #   TOY=1 bash bench/gpu-crossflow.sh [WORKDIR]  # the same pipeline at toy scale (a CPU)
 # Environment: TOY, PYTHON, OUT, DEVICE (auto), STEPS (4000), BATCH (256), RESOLUTION (16),
-# NET (unet), WIDTH (unet 64, transformer 256), DEPTH (unet 2, transformer 8), LR (unet 1e-3,
+# NET (unet), TEXT_INPUT (pooled, or tokens: the VE reads the text tower's token sequence),
+# WIDTH (unet 64, transformer 256), DEPTH (unet 2, transformer 8), LR (unet 1e-3,
 # transformer 5e-4), N (10000 world images; the export is one CPU process, about 1 s per 100
 # images). On an H200 the transformer trained at 5,200-6,200 images/s (row G6: STEPS=2000
 # took 185 s in all); the U-Net's speed there is not measured yet.
@@ -27,13 +28,13 @@ else
   n=${N:-10000}; steps=${STEPS:-4000}; batch=${BATCH:-256}; width=${WIDTH:-$wide}; depth=${DEPTH:-$deep}
   bench=(--prompts 32 --batch-size 16 --views 32 --refiner-steps 0,25,50)
 fi
-flow="$work/flow.safetensors"
+flow="$work/flow-$net-${TEXT_INPUT:-pooled}.safetensors"  # one file per kind: --resume never mixes them
 
 [ -f "$work/data/scenes.jsonl" ] || clipag world export "$work/data" --n "$n" --seed 0 --digit-fraction 0
 elapsed
 
 clipag crossflow train "$work/data" -o "$flow" --model world-vanilla --device "$device" \
-  --resolution "${RESOLUTION:-16}" --net "$net" --width "$width" --depth "$depth" \
+  --resolution "${RESOLUTION:-16}" --net "$net" --text-input "${TEXT_INPUT:-pooled}" --width "$width" --depth "$depth" \
   --batch-size "$batch" --steps "$steps" --lr "$lr" --warmup $((steps / 20 + 1)) --ema 0.999 --save-every 500 \
   --log-every 100 --half --resume
 elapsed

@@ -8,8 +8,8 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from clipag.flow.crossflow import (CONTRASTS, DEFAULT_FLOW, NET_SIZES, NETS, REGULARISERS,
-                                   TIME_SAMPLINGS, FlowInit, LossWeights, SampleConfig, load_flow,
-                                   text_guide_for)
+                                   TEXT_INPUTS, TIME_SAMPLINGS, FlowInit, LossWeights,
+                                   SampleConfig, load_flow, text_guide_for)
 from clipag.flow.train import FlowTrainConfig, train_flow
 from clipag.device import resolve_device
 from clipag.train.data import DEFAULT_TEMPLATE
@@ -43,6 +43,10 @@ def crossflow():
 @click.option("--depth", type=Count(1, 64), default=None,
               help="transformer layers or U-Net residual blocks per level "
               f"[default: {', '.join(f'{k} {v[1]}' for k, v in NET_SIZES.items())}]")
+@click.option("--text-input", type=click.Choice(TEXT_INPUTS), default=FlowTrainConfig.text_input,
+              show_default=True, help="what the text encoder reads: the pooled CLIP embedding, "
+              "or the text tower's token sequence (the paper's; keeps words the pooled vector "
+              "blurs)")
 @click.option("--steps", type=Count(1), default=2000, show_default=True)
 @click.option("--batch-size", type=Count(1, 1 << 20), default=128, show_default=True,
               help="global batch")
@@ -79,13 +83,14 @@ def crossflow():
               help="train again over an existing output (replaced only when the new one is done)")
 @click.option("--half", is_flag=True, help="store the final weights in fp16")
 @click.option("--quiet", "-q", is_flag=True)
-def train_cmd(data, out, spec, device, resolution, net, width, depth, steps, batch_size, lr,
+def train_cmd(data, out, spec, device, resolution, net, width, depth, text_input, steps, batch_size, lr,
               weight_decay, warmup, kl_weight, regulariser, contrastive_weight, contrast,
               sigma_min, time_sampling, ema, uncond, save_every, log_every, seed, template,
               resume, overwrite, half, quiet):
     """Train a CrossFlow on DATA, with text embeddings from a CLIP's text tower (--model)."""
     config = FlowTrainConfig(
-        data=data, out=out, resolution=resolution, net=net, width=width, depth=depth, steps=steps,
+        data=data, out=out, resolution=resolution, net=net, width=width, depth=depth,
+        text_input=text_input, steps=steps,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
         weights=LossWeights(kl_weight, contrastive_weight, uncond, regulariser, sigma_min,
                             time_sampling),

@@ -162,6 +162,29 @@ class Guide:
         tokens = self.tokenizer(texts).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
+    def encode_text_tokens(self, texts: list[str]) -> torch.Tensor:
+        """(B, L, W): the text tower's last hidden states (its final layer norm's output, before
+        pooling and projection), one per token of the context, zero after the end-of-text
+        token that the tower pools."""
+        tower = self.model.text if hasattr(self.model, "text") else self.model
+        pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", None))
+        if not isinstance(getattr(tower, "ln_final", None), torch.nn.Module) \
+                or getattr(tower, "cls_emb", None) is not None or pool != "argmax":
+            raise ClipagError(f"{self.name}: reading the token sequence needs an open_clip text "
+                              "transformer that pools at its end-of-text token (a Hugging Face "
+                              "or CoCa text tower has none)")
+        tokens = self.tokenizer(texts).to(self.device)
+        seen = []
+        hook = tower.ln_final.register_forward_hook(lambda m, i, out: seen.append(out))
+        try:
+            self.model.encode_text(tokens)
+        finally:
+            hook.remove()
+        states = seen[-1].float()
+        end = tokens.argmax(-1, keepdim=True)  # the end-of-text token has the highest id
+        valid = torch.arange(tokens.shape[1], device=tokens.device)[None] <= end
+        return states * valid.unsqueeze(-1)
+
     def to(self, device: torch.device) -> "Guide":
         self.model.to(device)
         self.mean, self.std = self.mean.to(device), self.std.to(device)

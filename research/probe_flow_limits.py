@@ -5,7 +5,9 @@
   draft), read by the analytic judge;
 - the text tower: world-vanilla's cosine between captions that differ in the shape only,
   in the object's colour only, in the background's colour only, and with the two colours
-  swapped (does the pooled embedding the flow reads tell them apart?);
+  swapped (does the pooled embedding the flow reads tell them apart?), and, for the shapes,
+  the same cosine between the token states the token-sequence VE reads, position by position
+  (is the shape word still distinct before pooling?);
 - the velocity nets' cost: seconds per training step at batch 64 for the transformer and
   U-Net sizes tried.
 
@@ -65,8 +67,15 @@ def text() -> None:
         with torch.no_grad():
             return guide.encode_texts(texts)
 
-    e = embed([f"a small red {s} on a white background" for s in SHAPES])
+    captions = [f"a small red {s} on a white background" for s in SHAPES]
+    e = embed(captions)
     print("shapes", SHAPES, "\n", (e @ e.T).numpy().round(3))
+    with torch.no_grad():
+        states = F.normalize(guide.encode_text_tokens(captions), dim=-1)  # (4, L, W)
+    length = int((states.abs().sum(-1) > 0).sum(1)[0])
+    tri, cross = SHAPES.index("triangle"), SHAPES.index("cross")
+    print("token states, triangle vs cross, by position (start ... end of text):",
+          [round(float(states[tri, i] @ states[cross, i]), 3) for i in range(length)])
     swap = [float(a @ b) for a, b in (embed([f"a {x} circle on a {y} background",
                                               f"a {y} circle on a {x} background"])
                                        for x, y in itertools.permutations(COLOURS, 2))]

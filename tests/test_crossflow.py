@@ -15,6 +15,8 @@ from clipag.load import ModelSpec
 TINY = FlowConfig(text_dim=32, resolution=8, patch=2, width=32, depth=2, heads=2,
                   ve_hidden=64, embed_dim=16)
 TINY_UNET = dataclasses.replace(TINY, net="unet", width=16, depth=1)
+# the VE reads a token sequence: 4 tokens of width 32
+TINY_TOKENS = dataclasses.replace(TINY_UNET, text_input="tokens", text_len=4)
 
 
 def test_ve_latent_has_the_image_shape_and_kl_is_zero_at_the_prior():
@@ -70,10 +72,24 @@ def _scenes(which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 TOY_SEEDS = (0, 1, 2)
 
 
-@pytest.fixture(scope="module", params=[TINY, TINY_UNET], ids=["transformer", "unet"])
+def _toy_text(which: torch.Tensor, cfg: FlowConfig) -> torch.Tensor:
+    """The VE's input for captions `which`: a one-hot vector (pooled), or a token sequence
+    (start, the caption's token, end, padding) where only the second token tells them apart."""
+    if cfg.text_input == "pooled":
+        return F.one_hot(which, 32).float()
+    n = len(which)
+    tokens = torch.zeros(n, 4, 32)
+    tokens[:, 0, 31] = 1
+    tokens[:, 1] = F.one_hot(which, 32).float()
+    tokens[:, 2, 30] = 1
+    return tokens
+
+
+@pytest.fixture(scope="module", params=[TINY, TINY_UNET, TINY_TOKENS],
+                ids=["transformer", "unet", "unet-tokens"])
 def toy_flows(request):
     """The toy task learnt with the default objective from three seeds, by each velocity
-    network: (model, flow losses)."""
+    network and text input: (model, flow losses)."""
     runs = []
     for seed in TOY_SEEDS:
         torch.manual_seed(seed)
@@ -84,7 +100,7 @@ def toy_flows(request):
         for _ in range(100):
             which = torch.randint(0, 4, (32,), generator=g)
             images, _ = _scenes(which)
-            loss = flow_loss(model, F.one_hot(which, 32).float(), images)
+            loss = flow_loss(model, _toy_text(which, model.cfg), images)
             opt.zero_grad()
             loss.total.backward()
             opt.step()
@@ -97,7 +113,7 @@ def _toy_drafts(model, seed=0, guidance=1.0):
     """Drafts of each caption 4 times: (mean colour of the object region, of the background,
     the captions)."""
     which = torch.arange(16) % 4
-    out = sample(model, F.one_hot(which, 32).float(), SampleConfig(steps=8, guidance=guidance),
+    out = sample(model, _toy_text(which, model.cfg), SampleConfig(steps=8, guidance=guidance),
                  torch.Generator().manual_seed(seed))
     assert out.shape == (16, 3, 8, 8) and out.min() >= 0 and out.max() <= 1
     m = _scenes(which)[1].float()
@@ -132,6 +148,83 @@ def test_drafts_draw_the_object_not_only_the_background(toy_flows):
     assert min(gaps) > 0.5
 
 
+def test_token_ve_reads_the_sequence_ignores_padding_and_mixes_texts():
+    torch.manual_seed(0)
+    model = CrossFlow(TINY_TOKENS).eval()
+    text = _toy_text(torch.tensor([0, 1]), TINY_TOKENS)
+    _, mean, logvar = model.latent(text)
+    assert mean.shape == logvar.shape == (2, 3, 8, 8)
+    assert not torch.allclose(mean[0], mean[1])  # one token apart: different latents
+    # a padded position never reaches the latent: it is masked and zeroed, so even its
+    # learned position embedding does not count
+    with torch.no_grad():
+        model.ve.position[:, 3] += 5
+    torch.testing.assert_close(model.ve(text)[0], mean, rtol=0, atol=0)
+    with pytest.raises(ClipagError, match="token sequences of shape 4 x 32, got 5 x 32"):
+        model.ve(torch.ones(1, 5, 32))
+    longer = text[:1].clone()
+    longer[:, 3, 29] = 1  # a fourth token: a different sequence
+    assert not torch.allclose(model.ve(longer)[0], mean[:1])
+    # mixing: all the weight on one text is that text's Gaussian; equal weights average
+    # the means and the variances
+    _, m0, lv0 = model.latent(text, mix=torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(m0, mean[:1])
+    torch.testing.assert_close(lv0, logvar[:1])
+    _, m, lv = model.latent(text, mix=torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(m, mean.mean(0, keepdim=True))
+    torch.testing.assert_close(lv.exp(), logvar.exp().mean(0, keepdim=True))
+    out = sample(model, text, SampleConfig(steps=2), torch.Generator().manual_seed(0),
+                 torch.tensor([0.5, 0.5]))
+    assert out.shape == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("custom", [False, True], ids=["CLIP", "CustomTextCLIP"])
+def test_token_states_are_the_towers_own_and_zero_at_padding(custom):
+    """The last hidden states before pooling, for both of open_clip's model classes: the
+    end-of-text token's, projected, is the pooled embedding the guide computes; everything
+    after it is zero."""
+    from clipag.models import _guide, arch_config, model_from_config, tokenizer_for
+
+    config = arch_config("clipag-tiny")
+    torch.manual_seed(0)
+    model = model_from_config({**config, "custom_text": custom})
+    assert hasattr(model, "text") == custom
+    guide = _guide(model, tokenizer_for(config), "tiny", {})
+    captions = ["a red circle!", "two big blue squares on a green background"]
+    with torch.no_grad():
+        states = guide.encode_text_tokens(captions)
+        tokens = guide.tokenizer(captions)
+        end = tokens.argmax(-1)
+        projection = (model.text if custom else model).text_projection
+        pooled = states[torch.arange(2), end] @ projection
+    assert states.shape[:2] == tokens.shape
+    torch.testing.assert_close(F.normalize(pooled, dim=-1), guide.encode_texts(captions))
+    valid = states.abs().sum(-1) > 0
+    assert torch.equal(valid, torch.arange(tokens.shape[1])[None] <= end[:, None])
+
+
+def test_token_states_refuse_a_tower_without_a_token_sequence(tiny_guide):
+    towerless = dataclasses.replace(tiny_guide, model=torch.nn.Linear(2, 2), name="hf-tower")
+    with pytest.raises(ClipagError, match="hf-tower: reading the token sequence needs"):
+        towerless.encode_text_tokens(["a red circle"])
+
+
+def test_a_token_flow_drafts_from_weighted_prompts(tmp_path, tiny_guide):
+    from clipag.flow.crossflow import FlowInit
+    from clipag.prompts import parse_prompt
+
+    with torch.no_grad():
+        _, length, width = tiny_guide.encode_text_tokens(["x"]).shape
+    model = CrossFlow(dataclasses.replace(TINY_TOKENS, text_dim=width, text_len=length))
+    init = FlowInit(model, tiny_guide, SampleConfig(steps=2))
+    text, mix = init.condition(parse_prompt("a red circle|a blue square:3|dark:-1"))
+    assert text.shape == (2, length, width)  # the negative prompt is left out
+    torch.testing.assert_close(mix, torch.tensor([0.25, 0.75]))
+    draft = init.draft(parse_prompt("a red circle|a blue square:3"), seed=4)
+    assert draft.shape == (3, 8, 8)
+    assert torch.equal(draft, init.draft(parse_prompt("a red circle|a blue square:3"), seed=4))
+
+
 def test_ema_follows_the_weights_with_warmup():
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 2)
@@ -158,12 +251,14 @@ def test_a_flow_file_from_before_the_objective_fields_loads_and_samples_as_befor
     torch.manual_seed(0)
     old = CrossFlow(dataclasses.replace(TINY, contrast="projection"))
     torch.nn.init.normal_(old.velocity.out.weight, std=0.1)
-    arch = {k: v for k, v in asdict(old.cfg).items() if k != "contrast"}
+    arch = {k: v for k, v in asdict(old.cfg).items()
+            if k not in ("contrast", "net", "text_input", "text_len")}
     path = save_checkpoint(tmp_path / "old.safetensors", old.state_dict(),
                            {"kind": "crossflow", "flow": arch, "text_model": "x",
                             "loss_weights": {"kl": 1e-3, "contrastive": 0.1, "uncond": 0.1}})
     loaded, _ = load_flow(path, torch.device("cpu"))
     assert loaded.cfg.contrast == "projection" and hasattr(loaded, "latent_proj")
+    assert (loaded.cfg.net, loaded.cfg.text_input) == ("transformer", "pooled")
     text = torch.randn(3, 32)
     cfg = SampleConfig(steps=3)
     assert torch.equal(sample(loaded, text, cfg, torch.Generator().manual_seed(1)),
@@ -402,7 +497,18 @@ def test_crossflow_train_builds_the_chosen_net_and_refuses_an_impossible_one(
     model, meta = load_flow(flow, torch.device("cpu"))
     # width and depth left out: the U-Net's own defaults, recorded in the file
     assert (model.cfg.net, model.cfg.width, model.cfg.depth) == ("unet", 64, 2)
-    assert meta["flow"]["net"] == "unet"
+    assert meta["flow"]["net"] == "unet" and model.cfg.text_input == "pooled"
+    tokens = tmp_path / "tokens.safetensors"
+    result = runner.invoke(cli, [*common, "-o", str(tokens), "--resolution", "8", "--width", "16",
+                                 "--depth", "1", "--text-input", "tokens"])
+    assert result.exit_code == 0, result.output
+    model, _ = load_flow(tokens, torch.device("cpu"))
+    assert (model.cfg.text_input, model.cfg.text_len) == ("tokens", 16)  # the tower's context
+    out = tmp_path / "drafts"
+    result = runner.invoke(cli, ["crossflow", "sample", "a red circle|a blue square", "--flow",
+                                 str(tokens), "--samples", "1", "--steps", "2", "-d", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*.png"))) == 1
     bad = runner.invoke(cli, [*common, "-o", str(tmp_path / "bad.safetensors"), "--resolution", "12"])
     assert bad.exit_code != 0 and "power of two" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "bad.safetensors").exists()
@@ -417,6 +523,7 @@ def test_crossflow_train_builds_the_chosen_net_and_refuses_an_impossible_one(
     (["train", "DATA", "-o", "OUT", "--uncond", "1"], "--uncond"),
     (["train", "DATA", "-o", "OUT", "--steps", "-3"], "--steps"),
     (["train", "DATA", "-o", "OUT", "--net", "mlp"], "--net"),
+    (["train", "DATA", "-o", "OUT", "--text-input", "words"], "--text-input"),
     (["sample", "a red circle", "--guidance", "nan"], "--guidance"),
     (["sample", "a red circle", "--temperature", "-1"], "--temperature"),
     (["sample", "a red circle", "--samples", "0"], "--samples"),

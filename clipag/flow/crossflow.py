@@ -9,8 +9,10 @@ starts from the text's own distribution instead of Gaussian noise.
   the latent's size. The earlier objective (standard KL averaged per element, weight 1e-3;
   contrast between 64-d projections, weight 0.1) collapsed the VE's spread to ~0.02 and is
   kept as `regulariser="standard"`, `contrast="projection"`; files written before these
-  fields existed load as that. (The paper encodes the token sequence of a language model;
-  here the input is the pooled, unit-norm CLIP text embedding the guide already computes.)
+  fields existed load as that. The VE reads the pooled, unit-norm CLIP text embedding the
+  guide already computes (`text_input="pooled"`), or, as the paper does, the text tower's
+  token sequence (`"tokens"`: its last hidden states, where a word the pooled vector blurs is
+  still distinct) through a small transformer.
 - Flow matching learns the straight path from z0 to the image x1 in [-1, 1]:
   x_t = (1 - (1 - sigma_min) t) z0 + t x1, velocity target x1 - (1 - sigma_min) z0, with no
   cross-attention: the text enters only through z0. The velocity network is a plain
@@ -46,6 +48,7 @@ from .unet import UNetVelocity, timestep_embedding
 
 CONTRASTS = ("latent", "projection")
 NETS = ("transformer", "unet")
+TEXT_INPUTS = ("pooled", "tokens")
 REGULARISERS = ("official", "standard")
 TIME_SAMPLINGS = ("uniform", "square")
 # what a field meant in files written before it existed: load them as they were trained
@@ -70,8 +73,17 @@ class FlowConfig:
     # the velocity network: "transformer" (a plain one over pixel patches, as the paper) or
     # "unet" (convolutions; width = base channels, depth = residual blocks per level)
     net: str = "transformer"
+    # what the VE reads: "pooled" (text_dim = the embedding's size) or "tokens" (text_dim =
+    # the text tower's width, text_len = its context length)
+    text_input: str = "pooled"
+    text_len: int = 0
 
     def validate(self) -> None:
+        if self.text_input not in TEXT_INPUTS:
+            raise ClipagError(f"unknown text input {self.text_input!r}: "
+                              f"{' or '.join(TEXT_INPUTS)}")
+        if self.text_input == "tokens" and self.text_len < 1:
+            raise ClipagError("a token-sequence VE needs the text tower's context length")
         if self.net not in NETS:
             raise ClipagError(f"unknown velocity network {self.net!r}: {' or '.join(NETS)}")
         if self.contrast not in CONTRASTS:
@@ -138,6 +150,40 @@ class TextVE(nn.Module):
         return mean.view(-1, *self.shape), logvar.clamp(-10, 2).view(-1, *self.shape)
 
 
+class TokenVE(nn.Module):
+    """Token states (B, L, W), zero at padding -> mean and log-variance of z0. Two transformer
+    layers over the tokens (padding masked out), each token then cut to `token_dim` values and
+    the sequence flattened, so where a word stands is kept, into TextVE's MLP head."""
+
+    token_width, token_dim, layers = 128, 16, 2
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.shape = (3, cfg.resolution, cfg.resolution)
+        w = self.token_width
+        self.embed = nn.Linear(cfg.text_dim, w)
+        self.position = nn.Parameter(torch.randn(1, cfg.text_len, w) * 0.02)
+        layer = nn.TransformerEncoderLayer(w, 4, 4 * w, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, self.layers, enable_nested_tensor=False)
+        self.down = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, self.token_dim))
+        self.net = nn.Sequential(
+            nn.Linear(cfg.text_len * self.token_dim, cfg.ve_hidden), nn.GELU(),
+            nn.Linear(cfg.ve_hidden, cfg.ve_hidden), nn.GELU(),
+            nn.Linear(cfg.ve_hidden, 2 * cfg.latent_numel))
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tokens.shape[1:] != self.position.shape[1:2] + (self.embed.in_features,):
+            raise ClipagError(f"this CrossFlow reads token sequences of shape "
+                              f"{self.position.shape[1]} x {self.embed.in_features}, got "
+                              f"{' x '.join(map(str, tokens.shape[1:]))}: another text tower")
+        valid = tokens.abs().sum(-1) > 0  # (B, L)
+        h = self.blocks(self.embed(tokens) + self.position, src_key_padding_mask=~valid)
+        h = self.down(h) * valid.unsqueeze(-1)
+        mean, logvar = self.net(h.flatten(1)).chunk(2, dim=-1)
+        return mean.view(-1, *self.shape), logvar.clamp(-10, 2).view(-1, *self.shape)
+
+
 def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)), averaged over elements and batch."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
@@ -192,7 +238,7 @@ class CrossFlow(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.ve = TextVE(cfg)
+        self.ve = TextVE(cfg) if cfg.text_input == "pooled" else TokenVE(cfg)
         self.velocity = VelocityNet(cfg) if cfg.net == "transformer" else \
             UNetVelocity(cfg.resolution, cfg.width, cfg.depth, cfg.heads)
         # the contrastive term: the target image mapped to z0's size ("latent"), or z0 and
@@ -213,9 +259,16 @@ class CrossFlow(nn.Module):
         return F.normalize(z, dim=-1), F.normalize(self.image_proj(x1.flatten(1)), dim=-1)
 
     def latent(self, text: torch.Tensor, generator: torch.Generator | None = None,
-               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(z0 sampled from the VE, mean, logvar); temperature scales the sampled spread."""
+               temperature: float = 1.0, mix: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z0 sampled from the VE, mean, logvar); temperature scales the sampled spread.
+        With `mix` (P,) weights summing to 1, the P texts' Gaussians become one: the
+        weighted mean of their means and of their variances."""
         mean, logvar = self.ve(text)
+        if mix is not None:
+            w = mix.to(mean).view(-1, 1, 1, 1)
+            mean = (w * mean).sum(0, keepdim=True)
+            logvar = (w * logvar.exp()).sum(0, keepdim=True).log()
         eps = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device)
         return mean + temperature * (0.5 * logvar).exp() * eps, mean, logvar
 
@@ -264,9 +317,9 @@ def flow_loss(model: CrossFlow, text: torch.Tensor, images: torch.Tensor,
 
 @dataclass(frozen=True)
 class SampleConfig:
-    # 50 Euler steps at guidance 4 drew the object's colour in 0.66 of the embedded flow's
-    # drafts against 0.44 at 10 steps and guidance 2, for 0.75 s a draft on the CPU (rows
-    # I37-I38 of docs/experiments.md)
+    # 50 Euler steps at guidance 4 drew the object's colour in 0.51 of the embedded flow's
+    # drafts against 0.41 at 10 steps and guidance 2 (32 prompts, 3 seeds), for 0.75 s a
+    # draft on the CPU instead of 0.17 (rows I37-I38, I50 of docs/experiments.md)
     steps: int = 50
     guidance: float = 4.0
     method: str = "euler"  # or "heun"
@@ -285,12 +338,14 @@ class SampleConfig:
 
 @torch.no_grad()
 def sample(model: CrossFlow, text: torch.Tensor, config: SampleConfig = SampleConfig(),
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """Images (B, 3, R, R) in [0, 1] from text embeddings (B, D), integrating the guided
-    velocity from t = 0 (the text latent) to t = 1."""
+           generator: torch.Generator | None = None, mix: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """Images (B, 3, R, R) in [0, 1] from the VE's text input (B, D) or (B, L, W),
+    integrating the guided velocity from t = 0 (the text latent) to t = 1; with `mix`, one
+    image from the texts' weighted mixture (see CrossFlow.latent)."""
     config.validate()
     model.eval()
-    x, _, _ = model.latent(text, generator, config.temperature)
+    x, _, _ = model.latent(text, generator, config.temperature, mix)
     b, dt = len(x), 1.0 / config.steps
     ones = torch.ones(b, device=x.device, dtype=torch.long)
     indicator = torch.cat([ones, 0 * ones])
@@ -399,18 +454,25 @@ class FlowInit:
     text: Guide
     sampling: SampleConfig
 
-    def condition(self, prompts: list[WeightedPrompt]) -> torch.Tensor:
-        """(D,) the weighted mean of the positive prompts' embeddings, unit norm."""
+    def condition(self, prompts: list[WeightedPrompt]
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The VE's input and mixing weights for the positive prompts. Pooled: (1, D), their
+        embeddings' weighted mean, unit norm, no mixing. Tokens: (P, L, W), each prompt's
+        token states, and (P,) weights summing to 1 (a sequence cannot be averaged)."""
         positive = [p for p in prompts if p.weight > 0]
+        texts = [p.text for p in positive]
+        weights = torch.tensor([p.weight for p in positive])
         with torch.no_grad():
-            emb = self.text.encode_texts([p.text for p in positive])
-        weights = torch.tensor([p.weight for p in positive], device=emb.device)
-        return F.normalize((emb * weights[:, None]).sum(0), dim=-1)
+            if self.model.cfg.text_input == "tokens":
+                return self.text.encode_text_tokens(texts), weights / weights.sum()
+            emb = self.text.encode_texts(texts)
+        return F.normalize((emb * weights[:, None].to(emb)).sum(0), dim=-1)[None], None
 
     def draft(self, prompts: list[WeightedPrompt], seed: int) -> torch.Tensor:
         """(3, R, R) in [0, 1]; the same prompt and seed give the same draft."""
-        text = self.condition(prompts)[None].to(next(self.model.parameters()).device)
-        return sample(self.model, text, self.sampling, torch.Generator().manual_seed(seed))[0]
+        text, mix = self.condition(prompts)
+        return sample(self.model, text.to(next(self.model.parameters()).device), self.sampling,
+                      torch.Generator().manual_seed(seed), mix)[0]
 
 
 def load_flow_init(spec: str, device: torch.device, guide: Guide | None,

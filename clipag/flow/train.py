@@ -16,8 +16,8 @@ import torch
 
 from torch import nn
 
-from .crossflow import (CONTRASTS, EMA, NET_SIZES, NETS, CrossFlow, FlowConfig, LossWeights,
-                        flow_loss, save_flow, text_probe)
+from .crossflow import (CONTRASTS, EMA, NET_SIZES, NETS, TEXT_INPUTS, CrossFlow, FlowConfig,
+                        LossWeights, flow_loss, save_flow, text_probe)
 from ..train.data import DEFAULT_TEMPLATE, BatchStream, load_all, open_dataset
 from ..errors import ClipagError
 from ..load import ModelSpec, load_spec
@@ -35,6 +35,7 @@ class FlowTrainConfig:
     net: str = FlowConfig.net
     width: int | None = None  # None: NET_SIZES[net]
     depth: int | None = None
+    text_input: str = FlowConfig.text_input
     steps: int = 2000
     batch_size: int = 128
     lr: float = 5e-4
@@ -55,6 +56,9 @@ class FlowTrainConfig:
     def validate(self) -> None:
         if self.net not in NETS:
             raise ClipagError(f"unknown --net {self.net!r}: {' or '.join(NETS)}")
+        if self.text_input not in TEXT_INPUTS:
+            raise ClipagError(f"unknown --text-input {self.text_input!r}: "
+                              f"{' or '.join(TEXT_INPUTS)}")
         for name in ("steps", "batch_size", "resolution", "width", "depth", "log_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -72,13 +76,14 @@ class FlowTrainConfig:
         if self.contrast not in CONTRASTS:
             raise ClipagError(f"unknown --contrast {self.contrast!r}: {' or '.join(CONTRASTS)}")
         self.weights.validate()
-        self.architecture(1).validate()
+        self.architecture(1, 1).validate()
 
-    def architecture(self, text_dim: int) -> FlowConfig:
+    def architecture(self, text_dim: int, text_len: int = 0) -> FlowConfig:
         width, depth = NET_SIZES[self.net]
         return FlowConfig(text_dim=text_dim, resolution=self.resolution, net=self.net,
                           width=self.width or width, depth=self.depth or depth,
-                          contrast=self.contrast)
+                          contrast=self.contrast, text_input=self.text_input,
+                          text_len=text_len if self.text_input == "tokens" else 0)
 
 
 @dataclass
@@ -108,10 +113,13 @@ def check_readable(dataset, resolution: int) -> None:
 
 
 class TextCache:
-    """Caption -> unit text embedding from a frozen text tower, each caption encoded once."""
+    """Caption -> the VE's input from a frozen text tower (`encode`: the pooled unit embedding
+    or the token states), each caption encoded once while the table stays under `budget`
+    bytes (a token entry is L x W floats: 158 KB for ViT-B-32's tower); beyond it, encoded
+    per batch."""
 
-    def __init__(self, guide: Guide, limit: int = 200_000):
-        self.guide, self.limit = guide, limit
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor], budget: int = 1 << 30):
+        self.encode, self.budget, self.limit = encode, budget, None
         self.table: dict[str, torch.Tensor] = {}
 
     def __call__(self, captions: list[str]) -> torch.Tensor:
@@ -119,7 +127,10 @@ class TextCache:
         fresh = {}
         if new:
             with torch.no_grad():
-                fresh = dict(zip(new, self.guide.encode_texts(new)))
+                fresh = dict(zip(new, self.encode(new)))
+            if self.limit is None:
+                entry = next(iter(fresh.values()))
+                self.limit = max(1, self.budget // (entry.numel() * entry.element_size()))
             room = max(0, self.limit - len(self.table))
             self.table.update(list(fresh.items())[:room])
         return torch.stack([self.table[c] if c in self.table else fresh[c] for c in captions])
@@ -142,12 +153,14 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
     torch.manual_seed(config.seed)
     text_guide = load_spec(text_spec, device, quiet=rank != 0)
     text_guide.model.requires_grad_(False)
-    texts = TextCache(text_guide)
+    encode = text_guide.encode_text_tokens if config.text_input == "tokens" else \
+        text_guide.encode_texts
+    with torch.no_grad():
+        shape = encode(["a photo"]).shape  # (1, D) or (1, L, W)
+    texts = TextCache(encode)
     dataset = open_dataset(config.data, config.template)
     check_readable(dataset, config.resolution)
-    with torch.no_grad():
-        dim = text_guide.encode_texts(["a photo"]).shape[-1]
-    arch = config.architecture(dim)
+    arch = config.architecture(shape[-1], shape[1] if len(shape) == 3 else 0)
     model = CrossFlow(arch).to(device).train()
     trainee = Trainee(model, config.ema).to(device)
     params = list(model.parameters())
