@@ -186,12 +186,13 @@ def _names(text: str, option: str) -> list[str]:
 @click.option("--flow-guidance", type=Real(0, 100), default=_GEN.flow.guidance,
               show_default=True)
 @click.option("--batch-size", type=Count(1, 4096), default=8, show_default=True)
-@click.option("--seed", type=Count(0), default=0, show_default=True)
+@click.option("--seed", "seeds", type=IntList(0), default="0", show_default=True,
+              help="sampler seed, or seeds (0,1,2): each figure is then their mean")
 @click.option("--out", "-o", default="bench/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
 def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, lr, init_candidates,
-               flow_steps, flow_guidance, batch_size, seed, out, device):
+               flow_steps, flow_guidance, batch_size, seeds, out, device):
     """Judge accuracy and time of GMM vs CrossFlow starts at several refiner step counts."""
     import sys
 
@@ -204,6 +205,9 @@ def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, lr, 
         check_init(name)
     if not refiner_steps or min(refiner_steps) < 0:
         raise ClipagError("--refiner-steps must be counts >= 0, e.g. 0,25,50")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ClipagError(f"--seed {','.join(map(str, seeds))}: give one or more different "
+                          "seeds, e.g. 0,1,2")
     config = GenerateConfig(init_candidates=init_candidates, lr=lr,
                             flow=SampleConfig(flow_steps, flow_guidance), **settings)
     config.check()
@@ -211,7 +215,7 @@ def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, lr, 
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench init"
     try:
         _, table = run_inits(guide, judge_model, prompts, names, list(refiner_steps), config,
-                             Path(out), resolve_device(device), batch_size, seed, command)
+                             Path(out), resolve_device(device), batch_size, seeds, command)
     except OSError as exc:
         raise ClipagError(_os_failure(exc)) from None
     Console().print(table.read_text())

@@ -117,8 +117,35 @@ def test_init_benchmark_smoke(tmp_path):
     assert [(r.init, r.refiner_steps) for r in reports] == [
         ("gmm", 0), ("gmm", 2), ("crossflow", 0), ("crossflow", 2)]
     assert all(0 <= v <= 1 for r in reports for v in r.accuracy.values())
-    assert "| crossflow | 0 |" in table.read_text()
+    text = table.read_text()
+    assert "| crossflow | 0 |" in text
+    # what the judge read, shape by shape, for each init and step count
+    assert "Shapes as the judge read them" in text and "| crossflow, 0 |" in text
     assert (tmp_path / "init-grid.png").is_file() and (tmp_path / "init.json").is_file()
+
+
+def test_init_benchmark_averages_several_sampler_seeds(tmp_path):
+    from clipag.world.benchmark import run_inits
+
+    reports, table = run_inits("world-robust", "world-judge", 4, ["crossflow"], [0],
+                               GenerateConfig(), tmp_path, CPU, batch_size=4, seeds=(0, 1))
+    (report,) = reports
+    assert [s["seed"] for s in report.per_seed] == [0, 1] and len(report.reads) == 8
+    for attribute, value in report.accuracy.items():
+        assert value == pytest.approx(sum(s["accuracy"][attribute] for s in report.per_seed) / 2)
+    assert report.judge_score == pytest.approx(sum(s["judge_score"] for s in report.per_seed) / 2)
+    # the two seeds draw different drafts
+    assert report.per_seed[0]["judge_score"] != report.per_seed[1]["judge_score"]
+    text = table.read_text()
+    assert "Sampler seeds 0, 1: each figure is their mean" in text
+    shown = f"{report.judge_score:.3f} (" + "/".join(
+        f"{s['judge_score']:.3f}" for s in report.per_seed) + ")"
+    assert shown in text
+    saved = json.loads((tmp_path / "init.json").read_text())["reports"][0]
+    assert len(saved["per_seed"]) == 2
+    bad = CliRunner().invoke(cli, ["bench", "init", "--seed", "1,1", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "different seeds" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "x").exists()
 
 
 def test_default_model_brings_its_recommended_settings_unless_overridden(tmp_path):

@@ -164,20 +164,22 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
     lines += ["", "Analytic judge on ground-truth world images: "
               + ", ".join(f"{k} {v:.3f}" for k, v in judge_truth.items()), ""]
     if texts and any(r.reads for r in reports):
-        lines += _confusion_table(reports, list(texts))
+        lines += _confusion_table("guide", [r.guide for r in reports],
+                                  [r.reads for r in reports], list(texts))
     return "\n".join(lines)
 
 
-def _confusion_table(reports: list[GuideReport], texts: list[str]) -> list[str]:
-    tables = [confusion(texts, r.reads) for r in reports]
+def _confusion_table(column: str, labels: list[str], reads: list[list[dict]],
+                     texts: list[str]) -> list[str]:
+    tables = [confusion(texts, r) for r in reads]
     asked = sorted({shape for t in tables for shape in t})
     lines = ["Shapes as the judge read them (prompted shape: read shape x images):", "",
-             "| guide | " + " | ".join(asked) + " |", "|---" * (len(asked) + 1) + "|"]
-    for r, table in zip(reports, tables):
+             f"| {column} | " + " | ".join(asked) + " |", "|---" * (len(asked) + 1) + "|"]
+    for label, table in zip(labels, tables):
         cells = [", ".join(f"{got} {n}" for got, n in sorted(table.get(shape, {}).items(),
                                                               key=lambda kv: (-kv[1], kv[0])))
                  for shape in asked]
-        lines.append(f"| {r.guide} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -213,6 +215,34 @@ class InitReport:
     accuracy: dict[str, float]
     judge_score: float
     seconds_per_image: float
+    reads: list[dict] = dataclasses.field(default_factory=list)  # what the judge saw, per image
+    # with several sampler seeds, each seed's {"seed", "accuracy", "judge_score"}; the fields
+    # above are then their means (reads: every seed's images)
+    per_seed: list[dict] = dataclasses.field(default_factory=list)
+
+
+def _mean_report(init: str, steps: int, runs: list[tuple[int, dict, float, float, list]]
+                 ) -> InitReport:
+    """One report from (seed, accuracy, held-out score, s/image, reads) per seed."""
+    n = len(runs)
+    accuracy = {a: sum(r[1][a] for r in runs) / n for a in runs[0][1]}
+    per_seed = [{"seed": s, "accuracy": acc, "judge_score": score}
+                for s, acc, score, _, _ in runs] if n > 1 else []
+    return InitReport(init, steps, accuracy, sum(r[2] for r in runs) / n,
+                      sum(r[3] for r in runs) / n, [x for r in runs for x in r[4]], per_seed)
+
+
+def _cell(report: InitReport, attribute: str | None) -> str:
+    """A table cell: the value, and with several seeds each seed's in brackets."""
+    def value(accuracy: dict, score: float) -> float:
+        return score if attribute is None else accuracy.get(attribute, float("nan"))
+
+    digits = 3 if attribute is None else 2
+    text = f"{value(report.accuracy, report.judge_score):.{digits}f}"
+    if report.per_seed:
+        text += " (" + "/".join(f"{value(s['accuracy'], s['judge_score']):.{digits}f}"
+                                for s in report.per_seed) + ")"
+    return text
 
 
 def init_label(init: str) -> str:
@@ -224,10 +254,12 @@ def init_label(init: str) -> str:
 
 def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
               refiner_steps: list[int], config: GenerateConfig, out: Path,
-              device: torch.device, batch_size: int = 8, seed: int = 0, command: str = ""
-              ) -> tuple[list[InitReport], Path]:
+              device: torch.device, batch_size: int = 8, seeds: tuple[int, ...] = (0,),
+              command: str = "") -> tuple[list[InitReport], Path]:
     """The same prompts from each init (a GMM best-of-N, a CrossFlow draft), refined for each
-    number of steps (0: the start image alone), under one guide and one judge."""
+    number of steps (0: the start image alone), under one guide and one judge; with several
+    sampler seeds every figure is their mean (one seed of 32 prompts moved a flow's colour
+    from 0.31 to 0.66: rows I49-I50 of docs/experiments.md). The grid shows the first seed."""
     out.mkdir(parents=True, exist_ok=True)
     texts = suite(prompts)
     held_out = load_model(judge_model, device=device, quiet=False)
@@ -235,13 +267,16 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
     reports, rows = [], []
     for init in inits:
         for steps in refiner_steps:
-            run = dataclasses.replace(config, init=init, steps=steps)
-            start = time.perf_counter()
-            images, _ = make_images(guide, texts, run, batch_size, seed)
-            seconds = (time.perf_counter() - start) / len(texts)
-            accuracy, judge_score, _ = score_images(images, texts, held_out)
-            reports.append(InitReport(init_label(init), steps, accuracy, judge_score, seconds))
-            rows.extend(images)
+            run, runs = dataclasses.replace(config, init=init, steps=steps), []
+            for k, seed in enumerate(seeds):
+                start = time.perf_counter()
+                images, _ = make_images(guide, texts, run, batch_size, seed)
+                seconds = (time.perf_counter() - start) / len(texts)
+                accuracy, judge_score, reads = score_images(images, texts, held_out)
+                runs.append((seed, accuracy, judge_score, seconds, reads))
+                if k == 0:
+                    rows.extend(images)
+            reports.append(_mean_report(init_label(init), steps, runs))
     lines = [f"# Initializer benchmark ({len(texts)} world prompts, guide {guide.name})", "",
              f"Command: `{command}`", "",
              f"Refiner: lr {config.lr}, views {config.views.global_views}+"
@@ -253,11 +288,17 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
              "| init | refiner steps | " + " | ".join(f"judge {a}" for a in ATTRIBUTES)
              + " | held-out CLIP score | s/image |",
              "|---" * (len(ATTRIBUTES) + 4) + "|"]
+    if len(seeds) > 1:
+        lines[2:2] = [f"Sampler seeds {', '.join(map(str, seeds))}: each figure is their mean, "
+                      "each seed's in brackets.", ""]
     for r in reports:
         lines.append(f"| {r.init} | {r.refiner_steps} | "
-                     + " | ".join(f"{r.accuracy.get(a, float('nan')):.2f}" for a in ATTRIBUTES)
-                     + f" | {r.judge_score:.3f} | {r.seconds_per_image:.2f} |")
-    write_text_atomic(out / "init.md", "\n".join(lines) + "\n")
+                     + " | ".join(_cell(r, a) for a in ATTRIBUTES)
+                     + f" | {_cell(r, None)} | {r.seconds_per_image:.2f} |")
+    lines += ["", *_confusion_table("init, refiner steps",
+                                    [f"{r.init}, {r.refiner_steps}" for r in reports],
+                                    [r.reads for r in reports], texts * len(seeds))]
+    write_text_atomic(out / "init.md", "\n".join(lines))
     write_text_atomic(out / "init.json", json.dumps({
         "prompts": texts, "settings": dataclasses.asdict(config),
         "reports": [dataclasses.asdict(r) for r in reports]}, indent=2, default=list) + "\n")
