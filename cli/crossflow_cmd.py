@@ -83,15 +83,15 @@ def crossflow():
               help="train again over an existing output (replaced only when the new one is done)")
 @click.option("--half", is_flag=True, help="store the final weights in fp16")
 @click.option("--quiet", "-q", is_flag=True)
-def train_cmd(data, out, spec, device, resolution, net, width, depth, text_input, steps, batch_size, lr,
-              weight_decay, warmup, kl_weight, regulariser, contrastive_weight, contrast,
-              sigma_min, time_sampling, ema, uncond, save_every, log_every, seed, template,
-              resume, overwrite, half, quiet):
+def train_cmd(data, out, spec, device, resolution, net, width, depth, text_input, steps,
+              batch_size, lr, weight_decay, warmup, kl_weight, regulariser, contrastive_weight,
+              contrast, sigma_min, time_sampling, ema, uncond, save_every, log_every, seed,
+              template, resume, overwrite, half, quiet):
     """Train a CrossFlow on DATA, with text embeddings from a CLIP's text tower (--model)."""
     config = FlowTrainConfig(
         data=data, out=out, resolution=resolution, net=net, width=width, depth=depth,
-        text_input=text_input, steps=steps,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+        text_input=text_input, steps=steps, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, warmup=warmup,
         weights=LossWeights(kl_weight, contrastive_weight, uncond, regulariser, sigma_min,
                             time_sampling),
         contrast=contrast, ema=ema, save_every=save_every, log_every=log_every, seed=seed,

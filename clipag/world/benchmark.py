@@ -224,12 +224,13 @@ class InitReport:
 def _mean_report(init: str, steps: int, runs: list[tuple[int, dict, float, float, list]]
                  ) -> InitReport:
     """One report from (seed, accuracy, held-out score, s/image, reads) per seed."""
+    seeds, accuracies, scores, seconds, reads = zip(*runs)
     n = len(runs)
-    accuracy = {a: sum(r[1][a] for r in runs) / n for a in runs[0][1]}
+    accuracy = {a: sum(acc[a] for acc in accuracies) / n for a in accuracies[0]}
     per_seed = [{"seed": s, "accuracy": acc, "judge_score": score}
-                for s, acc, score, _, _ in runs] if n > 1 else []
-    return InitReport(init, steps, accuracy, sum(r[2] for r in runs) / n,
-                      sum(r[3] for r in runs) / n, [x for r in runs for x in r[4]], per_seed)
+                for s, acc, score in zip(seeds, accuracies, scores)] if n > 1 else []
+    return InitReport(init, steps, accuracy, sum(scores) / n, sum(seconds) / n,
+                      [read for one in reads for read in one], per_seed)
 
 
 def _cell(report: InitReport, attribute: str | None) -> str:
