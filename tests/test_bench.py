@@ -275,7 +275,12 @@ def test_stage_scripts_run_the_clipag_gpu_sh_laid_out_from_the_checkout_root(tmp
     probe = ("source bench/script-common.sh; "
              "$py -c 'import clipag, clipag.cli; print(clipag.__path__[0])'")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
-    env.update(SRC=str(src), SITE=str(tmp_path / "site"), PYTHON=sys.executable)
+    # On the box clipag's own requirements live only in gpu.sh's SITE (on PYTHONPATH): keep
+    # every entry of the path but a clipag layout (this failed on the H200, 2026-11-27)
+    site = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and not (Path(p) / "clipag").exists()]
+    env.update(SRC=str(src), SITE=os.pathsep.join(site) or str(tmp_path / "site"),
+               PYTHON=sys.executable)
     result = subprocess.run(["bash", "-c", probe], cwd=ROOT, capture_output=True, text=True,
                             env=env, timeout=60)
     assert result.returncode == 0, result.stderr
