@@ -7,11 +7,17 @@
 #   bash bench/gpu-crossflow.sh [WORKDIR]        # default WORKDIR: work/gpu-crossflow
 #   TOY=1 bash bench/gpu-crossflow.sh [WORKDIR]  # the same pipeline at toy scale (a CPU)
 # Environment: TOY, PYTHON, OUT, DEVICE (auto), STEPS (4000), BATCH (256), RESOLUTION (16),
+# TRAIN_S (unset; when set, STEPS is chosen to fill about TRAIN_S seconds of training at the
+# images/s a short calibration run measures here, at most MAX_STEPS, 20000; the plan is kept in
+# WORKDIR/plan-KIND.txt so a rerun resumes the same schedule), SEEDS (0,1,2: the bare drafts'
+# sampler seeds; the refined bench uses the first),
 # NET (unet), TEXT_INPUT (pooled, or tokens: the VE reads the text tower's token sequence),
 # WIDTH (unet 64, transformer 256), DEPTH (unet 2, transformer 8), LR (unet 1e-3,
 # transformer 5e-4), N (10000 world images; the export is one CPU process, about 1 s per 100
 # images). On an H200 the transformer trained at 5,200-6,200 images/s (row G6: STEPS=2000
-# took 185 s in all); the U-Net's speed there is not measured yet.
+# took 185 s in all), the U-Net at 32 px with TEXT_INPUT=tokens at 2,900-3,700 (row G10:
+# TRAIN_S=180 took 337 s in all). The next experiment (row G10's notes):
+#   RESOLUTION=32 TEXT_INPUT=tokens TRAIN_S=420 bash bench/gpu-crossflow.sh
 # Run bench/gpu.sh first on a box with only torch. Tables land in WORKDIR/init-*/ (and $OUT).
 set -euo pipefail
 
@@ -28,27 +34,48 @@ else
   n=${N:-10000}; steps=${STEPS:-4000}; batch=${BATCH:-256}; width=${WIDTH:-$wide}; depth=${DEPTH:-$deep}
   bench=(--prompts 32 --batch-size 16 --views 32 --refiner-steps 0,25,50)
 fi
-flow="$work/flow-$net-${TEXT_INPUT:-pooled}.safetensors"  # one file per kind: --resume never mixes them
+kind="$net-${TEXT_INPUT:-pooled}-${RESOLUTION:-16}px"
+flow="$work/flow-$kind.safetensors"  # one file per kind: --resume never mixes them
+seeds=${SEEDS:-0,1,2}
 
 [ -f "$work/data/scenes.jsonl" ] || clipag world export "$work/data" --n "$n" --seed 0 --digit-fraction 0
 elapsed
 
-clipag crossflow train "$work/data" -o "$flow" --model world-vanilla --device "$device" \
-  --resolution "${RESOLUTION:-16}" --net "$net" --text-input "${TEXT_INPUT:-pooled}" --width "$width" --depth "$depth" \
-  --batch-size "$batch" --steps "$steps" --lr "$lr" --warmup $((steps / 20 + 1)) --ema 0.999 --save-every 500 \
+train=(crossflow train "$work/data" --model world-vanilla --device "$device"
+  --resolution "${RESOLUTION:-16}" --net "$net" --text-input "${TEXT_INPUT:-pooled}" --width "$width"
+  --depth "$depth" --batch-size "$batch" --lr "$lr" --ema 0.999)
+# How many steps fit TRAIN_S: images/s of a short run of the same training, logged at its end.
+plan="$work/plan-$kind.txt"
+if [[ -n ${TRAIN_S:-} && ! -s $plan ]]; then
+  calibrate=$([[ ${TOY:-0} == 1 ]] && echo 4 || echo 150)  # 60 read 2,246 img/s, the run 3,400 (row G10)
+  clipag "${train[@]}" -o "$work/calibrate-$kind.safetensors" --steps "$calibrate" --warmup 1 \
+    --save-every 0 --log-every $((calibrate / 3)) --overwrite 2>&1 | tee "$work/calibrate-$kind.log"
+  rate=$(grep -o '[0-9]* img/s' "$work/calibrate-$kind.log" | tail -n 1 | cut -d' ' -f1)
+  [[ -n $rate ]] || { echo "calibration printed no img/s" >&2; exit 1; }
+  planned=$((TRAIN_S * rate / batch))
+  ((planned > ${MAX_STEPS:-20000})) && planned=${MAX_STEPS:-20000}
+  ((planned < 1)) && planned=1
+  echo "$planned  # steps: ${TRAIN_S} s x $rate img/s / batch $batch" >"$plan"
+  elapsed
+fi
+[[ -s $plan ]] && steps=$(cut -d' ' -f1 "$plan")
+
+clipag "${train[@]}" -o "$flow" --steps "$steps" --warmup $((steps / 20 + 1)) --save-every 500 \
   --log-every 100 --half --resume
 elapsed
 
+keep() {  # copy a finished table to $OUT at once: a later stage may run out of time
+  if [[ -n ${OUT:-} ]]; then
+    mkdir -p "$OUT"
+    cp "$work/$1/init.md" "$OUT/gpu-crossflow-$1.md" && cp "$work/$1/init.json" "$OUT/gpu-crossflow-$1.json"
+  fi
+}
 # bare drafts: the new flow beside the shipped one; then refined at world-robust's settings
 clipag bench init --inits "crossflow:$flow,crossflow" --refiner-steps 0 --device "$device" \
-  "${bench[@]:0:4}" -o "$work/init-bare"
-clipag bench init --inits "gmm,crossflow:$flow" --patch-views 0 --scales 8,16,32 --cutout 0 \
-  --tv 0.3 --tv-wrap "${bench[@]}" --device "$device" -o "$work/init-refined"
+  "${bench[@]:0:4}" --seed "$seeds" -o "$work/init-bare"
+keep init-bare
 elapsed
-if [[ -n ${OUT:-} ]]; then
-  mkdir -p "$OUT"
-  for d in init-bare init-refined; do
-    cp "$work/$d/init.md" "$OUT/gpu-crossflow-$d.md" && cp "$work/$d/init.json" "$OUT/gpu-crossflow-$d.json"
-  done
-fi
+clipag bench init --inits "gmm,crossflow:$flow" --patch-views 0 --scales 8,16,32 --cutout 0 \
+  --tv 0.3 --tv-wrap "${bench[@]}" --seed "${seeds%%,*}" --device "$device" -o "$work/init-refined"
+keep init-refined
 echo "done in $(($(date +%s) - start)) s: $work/init-bare $work/init-refined" >&2
