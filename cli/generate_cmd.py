@@ -95,6 +95,7 @@ def as_flag(field: str, value) -> str:
                              "flow without FILE)")
 @setting_option("flow_steps", help="ODE steps of the CrossFlow draft")
 @setting_option("flow_guidance", help="classifier-free guidance scale of the CrossFlow draft")
+@setting_option("flow_temperature", help="spread of the CrossFlow draft's source (0 = its mean)")
 @click.option("--init-image", "init_image", type=click.Path(dir_okay=False),
               help="start from this image")
 @setting_option("init_candidates", help="best-of-N mixture samples scored by the model")

@@ -79,7 +79,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     _s("flow_steps", ["flow", "steps"], "int", 1, 1000),
     _s("flow_guidance", ["flow", "guidance"], "real", 0, 100),
     _s("flow_method", ["flow", "method"], "text", flag=False),
-    _s("flow_temperature", ["flow", "temperature"], "real", 0, 10, flag=False),
+    _s("flow_temperature", ["flow", "temperature"], "real", 0, 10),
     _s("scales", ["scales"], "sides", 8, 4096),
     _s("save_every", ["save_every"], "int", 0, 1_000_000),
     _s("log_every", ["log_every"], "int", 1, 1_000_000, flag=False),

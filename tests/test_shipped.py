@@ -187,3 +187,18 @@ def test_benchmark_size_optimises_smaller_images_and_judges_them_at_64px(tmp_pat
     judge_model = load_model("world-judge")
     accuracy, _, _ = score_images(truth, [full_caption(s) for _, _, s in items], judge_model)
     assert accuracy["color"] >= 0.95 and accuracy["background"] >= 0.95, accuracy
+
+
+def test_init_benchmark_flow_temperature_zero_draws_the_mean_whatever_the_seed(tmp_path):
+    out = tmp_path / "t0"
+    result = CliRunner().invoke(cli, ["bench", "init", "--inits", "crossflow", "--refiner-steps",
+                                      "0", "--prompts", "3", "--batch-size", "3", "--seed", "0,1",
+                                      "--flow-temperature", "0", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads((out / "init.json").read_text())["reports"]
+    first, second = report["per_seed"]
+    assert first["judge_score"] == second["judge_score"]  # no noise drawn: seeds agree
+    assert "guidance 4.0, temperature 0." in (out / "init.md").read_text()
+    bad = CliRunner().invoke(cli, ["bench", "init", "--flow-temperature", "-1", "-o",
+                                   str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--flow-temperature" in bad.output

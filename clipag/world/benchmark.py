@@ -285,7 +285,8 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
              f"{config.views.noise:g}, tv {config.tv_weight:g}{tv_form(config)}, "
              f"scales {','.join(map(str, config.scales)) or 'none'}; "
              f"GMM best of {config.init_candidates}; CrossFlow {config.flow.steps} "
-             f"{config.flow.method} steps, guidance {config.flow.guidance}.", "",
+             f"{config.flow.method} steps, guidance {config.flow.guidance}, temperature "
+             f"{config.flow.temperature:g}.", "",
              "| init | refiner steps | " + " | ".join(f"judge {a}" for a in ATTRIBUTES)
              + " | held-out CLIP score | s/image |",
              "|---" * (len(ATTRIBUTES) + 4) + "|"]
