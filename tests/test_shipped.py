@@ -92,14 +92,16 @@ def test_benchmark_judge_may_be_a_checkpoint_file(tmp_path):
 
 def test_embedded_crossflow_drafts_show_their_prompt():
     """The shipped world CrossFlow alone: its drafts' background and object colours follow the
-    prompt (measured 12/12 and 8/12 on these prompts; a flow that draws the background alone,
-    as the first shipped one did, reads 0 for the object's colour)."""
+    prompt (the token flow at the default temperature 0.5: 12/12 and 10/12 on these prompts;
+    a flow that draws the background alone, as the first shipped one did, reads 0 for the
+    object's colour)."""
     from clipag.flow.crossflow import DEFAULT_FLOW, FlowInit, SampleConfig, load_flow, text_guide_for
     from clipag.world.judge import judge
     from clipag.prompts import parse_prompt
 
     assert DEFAULT_FLOW.stat().st_size < 8 * 2**20
     model, meta = load_flow(DEFAULT_FLOW, CPU)
+    assert model.cfg.text_input == "tokens"
     drafter = FlowInit(model, text_guide_for(meta, CPU), SampleConfig())
     prompts = suite(12, seed=4321)
     reads = [judge(drafter.draft(parse_prompt(p), seed=i), p) for i, p in enumerate(prompts)]
