@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Train a wider CrossFlow on the world (by default a U-Net of width 64, depth 2; the shipped
-# one is a U-Net of 32 x 1, 16 px, trained 9000 x 64 in 65 minutes on a 2-core CPU) with the
+# Train a wider CrossFlow on the world (by default a U-Net of width 64, depth 2, reading the
+# token sequence; the shipped one is a U-Net of 32 x 1, 16 px, token VE, trained 9000 x 64 in
+# 74 minutes on a 2-core CPU) with the
 # official objective, and measure its bare drafts and refined images against the shipped flow
 # and the GMM start (`clipag bench init`, 32 prompts). NET=transformer trains the paper's
 # velocity network instead (width 256, depth 8: row G6 of docs/experiments.md).
@@ -9,9 +10,10 @@
 # Environment: TOY, PYTHON, OUT, DEVICE (auto), STEPS (4000), BATCH (256), RESOLUTION (16),
 # TRAIN_S (unset; when set, STEPS is chosen to fill about TRAIN_S seconds of training at the
 # images/s a short calibration run measures here, at most MAX_STEPS, 20000; the plan is kept in
-# WORKDIR/plan-KIND.txt so a rerun resumes the same schedule), SEEDS (0,1,2: the bare drafts'
-# sampler seeds; the refined bench uses the first),
-# NET (unet), TEXT_INPUT (pooled, or tokens: the VE reads the text tower's token sequence),
+# WORKDIR/plan-KIND-TRAIN_Ss-bBATCH.txt so a rerun resumes the same schedule), SEEDS (0,1,2:
+# the bare drafts' sampler seeds; the refined bench uses the first), FLOW_TEMPERATURE (the
+# benches' --flow-temperature; unset: clipag's default, 0.5; rows G6 and G10 drew at 1),
+# NET (unet), TEXT_INPUT (tokens: the VE reads the text tower's token sequence; or pooled),
 # WIDTH (unet 64, transformer 256), DEPTH (unet 2, transformer 8), LR (unet 1e-3,
 # transformer 5e-4), N (10000 world images; the export is one CPU process, about 1 s per 100
 # images). On an H200 the transformer trained at 5,200-6,200 images/s (row G6: STEPS=2000
@@ -22,6 +24,10 @@
 set -euo pipefail
 
 work=${1:-work/gpu-crossflow}
+if [[ -n ${TRAIN_S:-} && ! $TRAIN_S =~ ^[1-9][0-9]*$ ]]; then
+  echo "TRAIN_S must be whole seconds, got '$TRAIN_S'" >&2
+  exit 2
+fi
 mkdir -p "$work"
 source "$(dirname "$0")/script-common.sh"
 
@@ -34,7 +40,8 @@ else
   n=${N:-10000}; steps=${STEPS:-4000}; batch=${BATCH:-256}; width=${WIDTH:-$wide}; depth=${DEPTH:-$deep}
   bench=(--prompts 32 --batch-size 16 --views 32 --refiner-steps 0,25,50)
 fi
-kind="$net-${TEXT_INPUT:-pooled}-${RESOLUTION:-16}px"
+text_input=${TEXT_INPUT:-tokens}
+kind="$net-$text_input-${RESOLUTION:-16}px"
 flow="$work/flow-$kind.safetensors"  # one file per kind: --resume never mixes them
 seeds=${SEEDS:-0,1,2}
 
@@ -42,15 +49,15 @@ seeds=${SEEDS:-0,1,2}
 elapsed
 
 train=(crossflow train "$work/data" --model world-vanilla --device "$device"
-  --resolution "${RESOLUTION:-16}" --net "$net" --text-input "${TEXT_INPUT:-pooled}" --width "$width"
+  --resolution "${RESOLUTION:-16}" --net "$net" --text-input "$text_input" --width "$width"
   --depth "$depth" --batch-size "$batch" --lr "$lr" --ema 0.999)
 # How many steps fit TRAIN_S: images/s of a short run of the same training, logged at its end.
-plan="$work/plan-$kind.txt"
+[[ -n ${TRAIN_S:-} ]] && plan="$work/plan-$kind-${TRAIN_S}s-b$batch.txt"
 if [[ -n ${TRAIN_S:-} && ! -s $plan ]]; then
   calibrate=$([[ ${TOY:-0} == 1 ]] && echo 4 || echo 150)  # 60 read 2,246 img/s, the run 3,400 (row G10)
   clipag "${train[@]}" -o "$work/calibrate-$kind.safetensors" --steps "$calibrate" --warmup 1 \
     --save-every 0 --log-every $((calibrate / 3)) --overwrite 2>&1 | tee "$work/calibrate-$kind.log"
-  rate=$(grep -o '[0-9]* img/s' "$work/calibrate-$kind.log" | tail -n 1 | cut -d' ' -f1)
+  rate=$({ grep -o '[0-9]* img/s' "$work/calibrate-$kind.log" || true; } | tail -n 1 | cut -d' ' -f1)
   [[ -n $rate ]] || { echo "calibration printed no img/s" >&2; exit 1; }
   planned=$((TRAIN_S * rate / batch))
   ((planned > ${MAX_STEPS:-20000})) && planned=${MAX_STEPS:-20000}
@@ -58,7 +65,7 @@ if [[ -n ${TRAIN_S:-} && ! -s $plan ]]; then
   echo "$planned  # steps: ${TRAIN_S} s x $rate img/s / batch $batch" >"$plan"
   elapsed
 fi
-[[ -s $plan ]] && steps=$(cut -d' ' -f1 "$plan")
+[[ -n ${TRAIN_S:-} ]] && steps=$(cut -d' ' -f1 "$plan")
 
 clipag "${train[@]}" -o "$flow" --steps "$steps" --warmup $((steps / 20 + 1)) --save-every 500 \
   --log-every 100 --half --resume
@@ -70,12 +77,15 @@ keep() {  # copy a finished table to $OUT at once: a later stage may run out of 
     cp "$work/$1/init.md" "$OUT/gpu-crossflow-$1.md" && cp "$work/$1/init.json" "$OUT/gpu-crossflow-$1.json"
   fi
 }
+temperature=()
+[[ -n ${FLOW_TEMPERATURE:-} ]] && temperature=(--flow-temperature "$FLOW_TEMPERATURE")
 # bare drafts: the new flow beside the shipped one; then refined at world-robust's settings
 clipag bench init --inits "crossflow:$flow,crossflow" --refiner-steps 0 --device "$device" \
-  "${bench[@]:0:4}" --seed "$seeds" -o "$work/init-bare"
+  "${bench[@]:0:4}" "${temperature[@]}" --seed "$seeds" -o "$work/init-bare"
 keep init-bare
 elapsed
 clipag bench init --inits "gmm,crossflow:$flow" --patch-views 0 --scales 8,16,32 --cutout 0 \
-  --tv 0.3 --tv-wrap "${bench[@]}" --seed "${seeds%%,*}" --device "$device" -o "$work/init-refined"
+  --tv 0.3 --tv-wrap "${bench[@]}" "${temperature[@]}" --seed "${seeds%%,*}" --device "$device" \
+  -o "$work/init-refined"
 keep init-refined
 echo "done in $(($(date +%s) - start)) s: $work/init-bare $work/init-refined" >&2
