@@ -128,7 +128,8 @@ def train_cmd(data, out, spec, device, resolution, net, width, depth, text_input
 @click.option("--guidance", type=Real(0, 100), default=SampleConfig.guidance, show_default=True)
 @click.option("--method", type=click.Choice(["euler", "heun"]), default="euler", show_default=True)
 @click.option("--temperature", type=Real(0, 10), default=SampleConfig.temperature,
-              show_default=True, help="spread of the text latent (0 = its mean: one image per prompt)")
+              show_default=True, help="spread of the text latent (0 = its mean: one image per "
+              "prompt; 0.5 suits the embedded flow, the paper samples at 1)")
 @click.option("--size", type=Count(8, 4096), default=None, help="upsample the output to this side")
 @click.option("--overwrite", is_flag=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")

@@ -204,3 +204,16 @@ def test_init_benchmark_flow_temperature_zero_draws_the_mean_whatever_the_seed(t
     bad = CliRunner().invoke(cli, ["bench", "init", "--flow-temperature", "-1", "-o",
                                    str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--flow-temperature" in bad.output
+
+
+def test_embedded_flow_at_temperature_zero_draws_its_mean_whatever_the_seed():
+    from clipag.flow.crossflow import DEFAULT_FLOW, FlowInit, SampleConfig, load_flow, text_guide_for
+    from clipag.prompts import parse_prompt
+
+    model, meta = load_flow(DEFAULT_FLOW, CPU)
+    text = text_guide_for(meta, CPU)
+    prompt = parse_prompt("a red circle on a blue background")
+    mean = FlowInit(model, text, SampleConfig(temperature=0))
+    assert torch.equal(mean.draft(prompt, seed=0), mean.draft(prompt, seed=1))
+    spread = FlowInit(model, text, SampleConfig())  # the default samples the VE's spread
+    assert (spread.draft(prompt, seed=0) - spread.draft(prompt, seed=1)).abs().max() > 0.05

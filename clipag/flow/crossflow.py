@@ -317,15 +317,16 @@ def flow_loss(model: CrossFlow, text: torch.Tensor, images: torch.Tensor,
 
 @dataclass(frozen=True)
 class SampleConfig:
-    # 50 Euler steps at guidance 4 drew the object's colour in 0.51 of the embedded flow's
-    # drafts against 0.41 at 10 steps and guidance 2 (32 prompts, 3 seeds), for 0.75 s a
-    # draft on the CPU instead of 0.17 (rows I37-I38, I50 of docs/experiments.md)
+    # 50 Euler steps at guidance 4 drew the object's colour in 0.51 of the drafts of the pooled
+    # flow shipped before against 0.41 at 10 steps and guidance 2 (32 prompts, 3 seeds), for
+    # 0.75 s a draft on the CPU instead of 0.17 (rows I37-I38, I50 of docs/experiments.md)
     steps: int = 50
     guidance: float = 4.0
     method: str = "euler"  # or "heun"
-    # spread of the VE latent (0 = its mean). 0.5 for the embedded token flow, 32 prompts,
-    # 3 seeds: colour 0.73, held-out score 0.610 against 0.56, 0.570 at 1; refined 25 steps,
-    # colour 0.73 against 0.69 at 0.25 (rows I59-I66 of docs/experiments.md)
+    # spread of the VE latent (0 = its mean). 0.5 for the embedded token flow: background
+    # 0.99 against 0.88 at 1 on 48 prompts it was not chosen on, colour alike (0.76, 0.77);
+    # on the 32-prompt suite background 0.94 against 0.86, count 0.88 against 0.76; refined
+    # 25 steps, colour 0.73 against 0.69 at 0.25 (rows I59-I67 of docs/experiments.md)
     temperature: float = 0.5
 
     def validate(self) -> None:
