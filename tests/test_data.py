@@ -131,3 +131,16 @@ def test_group_errors(tmp_path, world_captions):
         BatchStream(ds, 10, 32, group=5)
     with pytest.raises(ClipagError, match="--group must be >= 1"):
         BatchStream(ds, 8, 32, group=0)
+
+
+def test_batches_from_cached_and_decoded_images_are_the_same_floats():
+    from clipag.train.data import as_unit_floats
+
+    cached = [torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8) for _ in range(3)]
+    expected = torch.stack([c.float() / 255 for c in cached])
+    batch = as_unit_floats(cached)
+    assert batch.dtype == torch.float32 and torch.equal(batch, expected)
+    decoded = torch.rand(3, 4, 4)  # an image decoded without the cache: floats already
+    mixed = as_unit_floats([cached[0], decoded, cached[2]])
+    assert torch.equal(mixed[1], decoded)
+    assert torch.equal(mixed[[0, 2]], expected[[0, 2]])
