@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from clipag.flow.crossflow import (CONTRASTS, DEFAULT_FLOW, NET_SIZES, NETS, REGULARISERS,
-                                   TEXT_INPUTS, TIME_SAMPLINGS, FlowInit, LossWeights,
+from clipag.flow.crossflow import (CONDITIONS, CONTRASTS, DEFAULT_FLOW, NET_SIZES, NETS,
+                                   REGULARISERS, TEXT_INPUTS, TIME_SAMPLINGS, FlowInit, LossWeights,
                                    SampleConfig, load_flow, text_guide_for)
 from clipag.flow.train import FlowTrainConfig, train_flow
 from clipag.device import resolve_device
@@ -35,8 +35,8 @@ def crossflow():
 @click.option("--resolution", type=Count(4, 256), default=16, show_default=True,
               help="image side of the flow")
 @click.option("--net", type=click.Choice(NETS), default=FlowTrainConfig.net, show_default=True,
-              help="velocity network: a plain transformer over pixel patches (the paper's) or a "
-              "convolutional U-Net")
+              help="velocity network: a convolutional U-Net, or a plain transformer over pixel "
+              "patches (the paper's)")
 @click.option("--width", type=Count(8, 4096), default=None,
               help="transformer width or U-Net base channels "
               f"[default: {', '.join(f'{k} {v[0]}' for k, v in NET_SIZES.items())}]")
@@ -47,6 +47,9 @@ def crossflow():
               show_default=True, help="what the text encoder reads: the pooled CLIP embedding, "
               "or the text tower's token sequence (the paper's; keeps words the pooled vector "
               "blurs)")
+@click.option("--condition", type=click.Choice(CONDITIONS), default=FlowTrainConfig.condition,
+              show_default=True, help="what the velocity network reads besides x_t: none (the "
+              "paper's: the text only through z0) or mean (also the VE's mean)")
 @click.option("--steps", type=Count(1), default=2000, show_default=True)
 @click.option("--batch-size", type=Count(1, 1 << 20), default=128, show_default=True,
               help="global batch")
@@ -83,14 +86,14 @@ def crossflow():
               help="train again over an existing output (replaced only when the new one is done)")
 @click.option("--half", is_flag=True, help="store the final weights in fp16")
 @click.option("--quiet", "-q", is_flag=True)
-def train_cmd(data, out, spec, device, resolution, net, width, depth, text_input, steps,
+def train_cmd(data, out, spec, device, resolution, net, width, depth, text_input, condition, steps,
               batch_size, lr, weight_decay, warmup, kl_weight, regulariser, contrastive_weight,
               contrast, sigma_min, time_sampling, ema, uncond, save_every, log_every, seed,
               template, resume, overwrite, half, quiet):
     """Train a CrossFlow on DATA, with text embeddings from a CLIP's text tower (--model)."""
     config = FlowTrainConfig(
         data=data, out=out, resolution=resolution, net=net, width=width, depth=depth,
-        text_input=text_input, steps=steps, batch_size=batch_size, lr=lr,
+        text_input=text_input, condition=condition, steps=steps, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup=warmup,
         weights=LossWeights(kl_weight, contrastive_weight, uncond, regulariser, sigma_min,
                             time_sampling),

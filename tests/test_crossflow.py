@@ -17,6 +17,8 @@ TINY = FlowConfig(text_dim=32, resolution=8, patch=2, width=32, depth=2, heads=2
 TINY_UNET = dataclasses.replace(TINY, net="unet", width=16, depth=1)
 # the VE reads a token sequence: 4 tokens of width 32
 TINY_TOKENS = dataclasses.replace(TINY_UNET, text_input="tokens", text_len=4)
+# the velocity network also reads the VE's mean
+TINY_MEAN = dataclasses.replace(TINY_TOKENS, condition="mean")
 
 
 def test_ve_latent_has_the_image_shape_and_kl_is_zero_at_the_prior():
@@ -38,6 +40,27 @@ def test_velocity_net_maps_images_to_images(cfg):
     v = model.velocity(x, torch.rand(3), torch.tensor([0, 1, 1]))
     assert v.shape == x.shape
     assert torch.count_nonzero(v) == 0  # the output layer starts at zero
+
+
+@pytest.mark.parametrize("cfg", [dataclasses.replace(TINY, condition="mean"), TINY_MEAN],
+                         ids=["transformer", "unet"])
+def test_a_mean_conditioned_net_reads_the_text_mean_only_where_the_indicator_is_1(cfg):
+    torch.manual_seed(0)
+    model = CrossFlow(cfg)
+    for p in model.velocity.parameters():  # the output and condition layers start at zero
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(1, 3, 8, 8).expand(4, -1, -1, -1), torch.full((4,), 0.3)
+    indicator = torch.tensor([1, 1, 0, 0])
+    mean = torch.randn(4, 3, 8, 8)
+    cond = model.condition(mean, indicator)
+    assert torch.equal(cond[2:], torch.zeros_like(cond[2:]))
+    v = model.velocity(x, t, indicator, cond)
+    assert (v[0] - v[1]).abs().max() > 1e-5  # two texts, two velocities (transformer: ~1e-3)
+    assert torch.equal(v[2], v[3])  # the unconditional flow sees no text
+    assert model.condition(mean, indicator) is not None
+    assert CrossFlow(dataclasses.replace(cfg, condition="none")).condition(mean, indicator) is None
+    with pytest.raises(ClipagError, match="velocity condition"):
+        CrossFlow(dataclasses.replace(cfg, condition="tokens"))
 
 
 def test_official_ve_regulariser_holds_the_variance_and_leaves_the_mean_nearly_free():
@@ -85,8 +108,8 @@ def _toy_text(which: torch.Tensor, cfg: FlowConfig) -> torch.Tensor:
     return tokens
 
 
-@pytest.fixture(scope="module", params=[TINY, TINY_UNET, TINY_TOKENS],
-                ids=["transformer", "unet", "unet-tokens"])
+@pytest.fixture(scope="module", params=[TINY, TINY_UNET, TINY_TOKENS, TINY_MEAN],
+                ids=["transformer", "unet", "unet-tokens", "unet-tokens-mean"])
 def toy_flows(request):
     """The toy task learnt with the default objective from three seeds, by each velocity
     network and text input: (model, flow losses)."""
@@ -252,7 +275,7 @@ def test_a_flow_file_from_before_the_objective_fields_loads_and_samples_as_befor
     old = CrossFlow(dataclasses.replace(TINY, contrast="projection"))
     torch.nn.init.normal_(old.velocity.out.weight, std=0.1)
     arch = {k: v for k, v in asdict(old.cfg).items()
-            if k not in ("contrast", "net", "text_input", "text_len")}
+            if k not in ("contrast", "net", "text_input", "text_len", "condition")}
     path = save_checkpoint(tmp_path / "old.safetensors", old.state_dict(),
                            {"kind": "crossflow", "flow": arch, "text_model": "x",
                             "loss_weights": {"kl": 1e-3, "contrastive": 0.1, "uncond": 0.1}})
@@ -318,7 +341,7 @@ def test_unet_levels_halve_the_side_down_to_4_and_every_level_shapes_the_output(
 
 
 def test_save_load_roundtrip_and_refusals(tmp_path, tiny_checkpoint):
-    for cfg in (TINY, TINY_UNET):
+    for cfg in (TINY, TINY_UNET, TINY_MEAN):
         model = CrossFlow(cfg)
         path = save_flow(tmp_path / "f.safetensors", model, {"text_model": "x", "text_probe": [0.0]})
         loaded, meta = load_flow(path, torch.device("cpu"))
@@ -500,10 +523,11 @@ def test_crossflow_train_builds_the_chosen_net_and_refuses_an_impossible_one(
     assert meta["flow"]["net"] == "unet" and model.cfg.text_input == "pooled"
     tokens = tmp_path / "tokens.safetensors"
     result = runner.invoke(cli, [*common, "-o", str(tokens), "--resolution", "8", "--width", "16",
-                                 "--depth", "1", "--text-input", "tokens"])
+                                 "--depth", "1", "--text-input", "tokens", "--condition", "mean"])
     assert result.exit_code == 0, result.output
     model, _ = load_flow(tokens, torch.device("cpu"))
     assert (model.cfg.text_input, model.cfg.text_len) == ("tokens", 16)  # the tower's context
+    assert model.cfg.condition == "mean" and model.velocity.condition is not None
     out = tmp_path / "drafts"
     result = runner.invoke(cli, ["crossflow", "sample", "a red circle|a blue square", "--flow",
                                  str(tokens), "--samples", "1", "--steps", "2", "-d", str(out)])
@@ -524,6 +548,7 @@ def test_crossflow_train_builds_the_chosen_net_and_refuses_an_impossible_one(
     (["train", "DATA", "-o", "OUT", "--steps", "-3"], "--steps"),
     (["train", "DATA", "-o", "OUT", "--net", "mlp"], "--net"),
     (["train", "DATA", "-o", "OUT", "--text-input", "words"], "--text-input"),
+    (["train", "DATA", "-o", "OUT", "--condition", "words"], "--condition"),
     (["sample", "a red circle", "--guidance", "nan"], "--guidance"),
     (["sample", "a red circle", "--temperature", "-1"], "--temperature"),
     (["sample", "a red circle", "--samples", "0"], "--samples"),

@@ -15,7 +15,10 @@ starts from the text's own distribution instead of Gaussian noise.
   still distinct) through a small transformer.
 - Flow matching learns the straight path from z0 to the image x1 in [-1, 1]:
   x_t = (1 - (1 - sigma_min) t) z0 + t x1, velocity target x1 - (1 - sigma_min) z0, with no
-  cross-attention: the text enters only through z0. The velocity network is a plain
+  cross-attention: the text enters only through z0 (`condition="none"`, the paper's), or
+  also through the VE's mean added to the velocity network's time embedding
+  (`condition="mean"`: the net knows the text at every t, not only from what is left of z0
+  in x_t; the noise of z0 stays hidden from it). The velocity network is a plain
   transformer over pixel patches (`net="transformer"`, the paper's) or a small convolutional
   U-Net (`net="unet"`, flow/unet.py). Training keeps an exponential moving average of the
   weights; the file stores it and sampling uses it.
@@ -43,7 +46,7 @@ from ..errors import ClipagError
 from ..load import ModelSpec, load_spec
 from ..models import Guide
 from ..prompts import WeightedPrompt
-from .unet import UNetVelocity, timestep_embedding
+from .unet import UNetVelocity, condition_mlp, timestep_embedding
 
 
 CONTRASTS = ("latent", "projection")
@@ -51,6 +54,9 @@ NETS = ("transformer", "unet")
 TEXT_INPUTS = ("pooled", "tokens")
 REGULARISERS = ("official", "standard")
 TIME_SAMPLINGS = ("uniform", "square")
+# what the velocity network reads besides x_t: "none" (CrossFlow's: the text only through
+# z0) or "mean" (also the VE's mean, the text's part of z0, never its noise)
+CONDITIONS = ("none", "mean")
 # what a field meant in files written before it existed: load them as they were trained
 LEGACY_CONFIG = {"contrast": "projection"}
 
@@ -77,6 +83,10 @@ class FlowConfig:
     # the text tower's width, text_len = its context length)
     text_input: str = "pooled"
     text_len: int = 0
+    # "mean": the velocity network also reads the VE's mean (flattened) through an MLP added
+    # to its time embedding, zero for indicator-0 pairs. Given the noise of z0 too it could
+    # solve x1 from x_t exactly and learn nothing; the mean carries only the text
+    condition: str = "none"
 
     def validate(self) -> None:
         if self.text_input not in TEXT_INPUTS:
@@ -84,6 +94,9 @@ class FlowConfig:
                               f"{' or '.join(TEXT_INPUTS)}")
         if self.text_input == "tokens" and self.text_len < 1:
             raise ClipagError("a token-sequence VE needs the text tower's context length")
+        if self.condition not in CONDITIONS:
+            raise ClipagError(f"unknown velocity condition {self.condition!r}: "
+                              f"{' or '.join(CONDITIONS)}")
         if self.net not in NETS:
             raise ClipagError(f"unknown velocity network {self.net!r}: {' or '.join(NETS)}")
         if self.contrast not in CONTRASTS:
@@ -215,6 +228,8 @@ class VelocityNet(nn.Module):
         self.time = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.SiLU(),
                                   nn.Linear(cfg.width, cfg.width))
         self.indicator = nn.Embedding(2, cfg.width)
+        self.condition = condition_mlp(cfg.latent_numel, cfg.width) if cfg.condition == "mean" \
+            else None
         layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
@@ -223,10 +238,14 @@ class VelocityNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, indicator: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, indicator: torch.Tensor,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         b, r, p = x.shape[0], self.cfg.resolution, self.cfg.patch
         patches = F.unfold(x, p, stride=p).transpose(1, 2)  # (B, N, 3 p p)
-        tokens = torch.cat([self.time(timestep_embedding(t, self.cfg.width))[:, None],
+        time_token = self.time(timestep_embedding(t, self.cfg.width))
+        if self.condition is not None:
+            time_token = time_token + self.condition(cond.flatten(1))
+        tokens = torch.cat([time_token[:, None],
                             self.indicator(indicator.long())[:, None],
                             self.embed(patches)], dim=1) + self.position
         h = self.norm(self.blocks(tokens))[:, 2:]
@@ -240,7 +259,8 @@ class CrossFlow(nn.Module):
         self.cfg = cfg
         self.ve = TextVE(cfg) if cfg.text_input == "pooled" else TokenVE(cfg)
         self.velocity = VelocityNet(cfg) if cfg.net == "transformer" else \
-            UNetVelocity(cfg.resolution, cfg.width, cfg.depth, cfg.heads)
+            UNetVelocity(cfg.resolution, cfg.width, cfg.depth, cfg.heads,
+                         cfg.latent_numel if cfg.condition == "mean" else 0)
         # the contrastive term: the target image mapped to z0's size ("latent"), or z0 and
         # the image each projected to embed_dim ("projection")
         if cfg.contrast == "projection":
@@ -249,6 +269,13 @@ class CrossFlow(nn.Module):
         self.image_proj = nn.Sequential(nn.Linear(cfg.latent_numel, cfg.ve_hidden), nn.GELU(),
                                         nn.Linear(cfg.ve_hidden, size))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def condition(self, mean: torch.Tensor, indicator: torch.Tensor) -> torch.Tensor | None:
+        """What the velocity network reads besides x_t: the VE mean where the indicator is 1,
+        zero where it is 0 (the unconditional flow sees no text); None for CrossFlow's own."""
+        if self.cfg.condition == "none":
+            return None
+        return mean * indicator.view(-1, 1, 1, 1).to(mean)
 
     def contrast_features(self, z0: torch.Tensor, x1: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,7 +331,8 @@ def flow_loss(model: CrossFlow, text: torch.Tensor, images: torch.Tensor,
     tt = t.view(-1, 1, 1, 1)
     keep = 1 - weights.sigma_min
     xt = (1 - keep * tt) * z0 + tt * target
-    v = model.velocity(xt, t, (~uncond).long())
+    indicator = (~uncond).long()
+    v = model.velocity(xt, t, indicator, model.condition(mean, indicator))
     flow = F.mse_loss(v, target - keep * z0)
     kl = ve_regulariser(mean, logvar, weights.regulariser)
     zl, zi = model.contrast_features(z0, x1)
@@ -349,14 +377,15 @@ def sample(model: CrossFlow, text: torch.Tensor, config: SampleConfig = SampleCo
     image from the texts' weighted mixture (see CrossFlow.latent)."""
     config.validate()
     model.eval()
-    x, _, _ = model.latent(text, generator, config.temperature, mix)
+    x, mean, _ = model.latent(text, generator, config.temperature, mix)
     b, dt = len(x), 1.0 / config.steps
     ones = torch.ones(b, device=x.device, dtype=torch.long)
     indicator = torch.cat([ones, 0 * ones])
+    cond = model.condition(torch.cat([mean, mean]), indicator)
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
         tt = torch.full((2 * b,), t, device=x.device)
-        v_cond, v_uncond = model.velocity(torch.cat([x, x]), tt, indicator).chunk(2)
+        v_cond, v_uncond = model.velocity(torch.cat([x, x]), tt, indicator, cond).chunk(2)
         return v_uncond + config.guidance * (v_cond - v_uncond)
 
     for i in range(config.steps):

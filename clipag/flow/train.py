@@ -32,10 +32,14 @@ class FlowTrainConfig:
     out: str
     # the architecture's defaults are FlowConfig's and NET_SIZES', written once
     resolution: int = FlowConfig.resolution
-    net: str = FlowConfig.net
+    # the U-Net, not FlowConfig's transformer (the paper's): on the world the transformer drew
+    # specks over the background where the U-Net drew objects, on 2 CPU threads and on an
+    # H200 alike (docs/experiments.md, rows I20-I36, G6)
+    net: str = "unet"
     width: int | None = None  # None: NET_SIZES[net]
     depth: int | None = None
     text_input: str = FlowConfig.text_input
+    condition: str = FlowConfig.condition
     steps: int = 2000
     batch_size: int = 128
     lr: float = 5e-4
@@ -83,6 +87,7 @@ class FlowTrainConfig:
         return FlowConfig(text_dim=text_dim, resolution=self.resolution, net=self.net,
                           width=self.width or width, depth=self.depth or depth,
                           contrast=self.contrast, text_input=self.text_input,
+                          condition=self.condition,
                           text_len=text_len if self.text_input == "tokens" else 0)
 
 

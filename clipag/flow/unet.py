@@ -1,7 +1,8 @@
 """A small convolutional U-Net as CrossFlow's velocity network (`net="unet"`).
 
-The text still enters only through z0 (no cross-attention, as CrossFlow has it); what
-changes is the prior of the network that transports z0 to the image. The plain transformer
+The text enters through z0 (no cross-attention, as CrossFlow has it) and, with an optional
+condition vector (the VE's mean), through the time embedding; what changes against the
+transformer is the prior of the network that transports z0 to the image. The plain transformer
 over 2x2 pixel patches has to learn locality from data and, at the sizes this CPU trains,
 drew scattered specks instead of one object (docs/experiments.md, rows I20-I25). Convolutions
 make a coherent blob the easy thing to draw. Time and the CFG indicator modulate every
@@ -27,6 +28,15 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
     angles = (t.float() * 1000)[:, None] * freqs[None]
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+def condition_mlp(inputs: int, emb: int) -> nn.Sequential:
+    """A condition vector (B, inputs) -> an addition to the time embedding (B, emb); its last
+    layer starts at zero, so a conditioned net starts as the plain one."""
+    mlp = nn.Sequential(nn.Linear(inputs, emb), nn.SiLU(), nn.Linear(emb, emb))
+    nn.init.zeros_(mlp[2].weight)
+    nn.init.zeros_(mlp[2].bias)
+    return mlp
 
 
 def _groups(channels: int) -> int:
@@ -72,14 +82,16 @@ def level_channels(resolution: int, width: int) -> list[int]:
 
 
 class UNetVelocity(nn.Module):
-    """(x_t (B, 3, R, R), t (B,), indicator (B,) in {0, 1}) -> velocity (B, 3, R, R)."""
+    """(x_t (B, 3, R, R), t (B,), indicator (B,) in {0, 1}[, cond (B, ...)]) -> velocity
+    (B, 3, R, R)."""
 
-    def __init__(self, resolution: int, width: int, depth: int, heads: int):
+    def __init__(self, resolution: int, width: int, depth: int, heads: int, cond_dim: int = 0):
         super().__init__()
         emb = 4 * width
         self.width = width
         self.time = nn.Sequential(nn.Linear(width, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.indicator = nn.Embedding(2, emb)
+        self.condition = condition_mlp(cond_dim, emb) if cond_dim else None
         chans = level_channels(resolution, width)
         self.inp = nn.Conv2d(3, width, 3, padding=1)
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
@@ -106,8 +118,11 @@ class UNetVelocity(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, indicator: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, indicator: torch.Tensor,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time(timestep_embedding(t, self.width)) + self.indicator(indicator.long())
+        if self.condition is not None:
+            emb = emb + self.condition(cond.flatten(1))
         h = self.inp(x)
         skips, blocks, downs = [h], iter(self.down), iter(self.downsample)
         for level in range(self.levels):
