@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train a wider CrossFlow on the world (by default a U-Net of width 64, depth 2, reading the
-# token sequence; the shipped one is a U-Net of 32 x 1, 16 px, token VE, trained 9000 x 64 in
-# 74 minutes on a 2-core CPU) with the
+# token sequence, the velocity net reading the VE's mean; the shipped one is a U-Net of 32 x 1,
+# 16 px, token VE, --condition mean, trained 9000 x 64 in 72 minutes on a 2-core CPU) with the
 # official objective, and measure its bare drafts and refined images against the shipped flow
 # and the GMM start (`clipag bench init`, 32 prompts). NET=transformer trains the paper's
 # velocity network instead (width 256, depth 8: row G6 of docs/experiments.md).
@@ -14,6 +14,7 @@
 # the bare drafts' sampler seeds; the refined bench uses the first), FLOW_TEMPERATURE (the
 # benches' --flow-temperature; unset: clipag's default, 0.5; rows G6 and G10 drew at 1),
 # NET (unet), TEXT_INPUT (tokens: the VE reads the text tower's token sequence; or pooled),
+# CONDITION (mean: the velocity net also reads the VE's mean, rows I70-I72; or none),
 # WIDTH (unet 64, transformer 256), DEPTH (unet 2, transformer 8), LR (unet 1e-3,
 # transformer 5e-4), N (10000 world images; the export is one CPU process, about 1 s per 100
 # images). On an H200 the transformer trained at 5,200-6,200 images/s (row G6: STEPS=2000
@@ -41,7 +42,8 @@ else
   bench=(--prompts 32 --batch-size 16 --views 32 --refiner-steps 0,25,50)
 fi
 text_input=${TEXT_INPUT:-tokens}
-kind="$net-$text_input-${RESOLUTION:-16}px"
+condition=${CONDITION:-mean}
+kind="$net-$text_input-$condition-${RESOLUTION:-16}px"
 flow="$work/flow-$kind.safetensors"  # one file per kind: --resume never mixes them
 seeds=${SEEDS:-0,1,2}
 
@@ -49,8 +51,8 @@ seeds=${SEEDS:-0,1,2}
 elapsed
 
 train=(crossflow train "$work/data" --model world-vanilla --device "$device"
-  --resolution "${RESOLUTION:-16}" --net "$net" --text-input "$text_input" --width "$width"
-  --depth "$depth" --batch-size "$batch" --lr "$lr" --ema 0.999)
+  --resolution "${RESOLUTION:-16}" --net "$net" --text-input "$text_input"
+  --condition "$condition" --width "$width" --depth "$depth" --batch-size "$batch" --lr "$lr" --ema 0.999)
 # How many steps fit TRAIN_S: images/s of a short run of the same training, logged at its end.
 [[ -n ${TRAIN_S:-} ]] && plan="$work/plan-$kind-${TRAIN_S}s-b$batch.txt"
 if [[ -n ${TRAIN_S:-} && ! -s $plan ]]; then

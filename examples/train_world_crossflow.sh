@@ -7,9 +7,11 @@
 # The objective is CrossFlow's own (the defaults): the official VE regulariser (weight 1e-2)
 # and contrast between z0 and the image mapped to the latent's size (weight 1), sigma_min
 # 1e-5; the file stores the moving average of the weights (--ema). The velocity network is
-# the small U-Net (--net unet, base width 32, one block per level) and the Variational Encoder
-# reads the text tower's token sequence (--text-input tokens): 9000 steps of batch 64 took
-# 74 minutes on 2 CPU threads (OMP_NUM_THREADS=2). FLOW_STEPS, FLOW_BATCH, FLOW_LR,
+# the small U-Net (--net unet, base width 32, one block per level), the Variational Encoder
+# reads the text tower's token sequence (--text-input tokens) and the velocity network also
+# reads the VE's mean (--condition mean: without it every flow here drew circles for every
+# shape, docs/experiments.md rows I70-I72): 9000 steps of batch 64 took 72 minutes on 2 CPU
+# threads (OMP_NUM_THREADS=2). FLOW_STEPS, FLOW_BATCH, FLOW_LR,
 # FLOW_EMA override the run (the lr schedule follows FLOW_STEPS; a resumed run must keep them).
 # Copy WORKDIR/world-crossflow.safetensors to clipag/assets/ to ship it.
 set -euo pipefail
@@ -20,6 +22,7 @@ run() { echo "+ $*" >&2; "$@"; }
 
 run clipag crossflow train "$work/data" -o "$work/world-crossflow.safetensors" \
   --model world-vanilla --resolution 16 --net unet --width 32 --depth 1 --text-input tokens \
+  --condition mean \
   --batch-size "${FLOW_BATCH:-64}" --steps "${FLOW_STEPS:-9000}" --lr "${FLOW_LR:-1e-3}" --warmup 100 \
   --ema "${FLOW_EMA:-0.998}" \
   --save-every 100 --log-every 50 --half --resume
