@@ -114,6 +114,11 @@ class FlowConfig:
     def latent_numel(self) -> int:
         return 3 * self.resolution * self.resolution
 
+    @property
+    def condition_dim(self) -> int:
+        """Size of the vector the velocity network reads besides x_t (0: none)."""
+        return self.latent_numel if self.condition == "mean" else 0
+
 
 # width and depth when not given: a transformer's width and layers (FlowConfig's), a U-Net's
 # base channels and residual blocks per level
@@ -228,8 +233,7 @@ class VelocityNet(nn.Module):
         self.time = nn.Sequential(nn.Linear(cfg.width, cfg.width), nn.SiLU(),
                                   nn.Linear(cfg.width, cfg.width))
         self.indicator = nn.Embedding(2, cfg.width)
-        self.condition = condition_mlp(cfg.latent_numel, cfg.width) if cfg.condition == "mean" \
-            else None
+        self.condition = condition_mlp(cfg.condition_dim, cfg.width) if cfg.condition_dim else None
         layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
@@ -259,8 +263,7 @@ class CrossFlow(nn.Module):
         self.cfg = cfg
         self.ve = TextVE(cfg) if cfg.text_input == "pooled" else TokenVE(cfg)
         self.velocity = VelocityNet(cfg) if cfg.net == "transformer" else \
-            UNetVelocity(cfg.resolution, cfg.width, cfg.depth, cfg.heads,
-                         cfg.latent_numel if cfg.condition == "mean" else 0)
+            UNetVelocity(cfg.resolution, cfg.width, cfg.depth, cfg.heads, cfg.condition_dim)
         # the contrastive term: the target image mapped to z0's size ("latent"), or z0 and
         # the image each projected to embed_dim ("projection")
         if cfg.contrast == "projection":
