@@ -97,12 +97,12 @@ def model_options(default_hint: str = "world-robust", mix: bool = False):
 
 def bench_view_options(f):
     """The views and pixel-penalty settings both benchmarks share (--views, --patch-views,
-    --patch-weight, --jitter, --cutout, --noise, --tv, --tv-wrap, --tv-by-side, --scales,
-    --size), handed to the command as one `settings` dict of GenerateConfig fields (views
-    built and validated here)."""
+    --patch-weight, --jitter, --cutout, --noise, --tv, --tv-wrap, --tv-by-side, --anchor,
+    --anchor-side, --scales, --size), handed to the command as one `settings` dict of
+    GenerateConfig fields (views built and validated here)."""
     from clipag.augment import ViewConfig
 
-    from .params import setting_option
+    from .params import ANCHOR_DEFAULT, ANCHOR_SIDE_DEFAULT, setting_option
 
     options = [  # the same declared ranges and defaults as `clipag generate`
         setting_option("views", help="global views per step"),
@@ -114,6 +114,11 @@ def bench_view_options(f):
         setting_option("tv", help="total-variation penalty on the pixels (0 = off)"),
         setting_option("tv_wrap", help="the penalty wraps around the borders"),
         setting_option("tv_by_side", help="with --scales: the penalty weighted side/size per stage"),
+        setting_option("anchor", show_default=ANCHOR_DEFAULT,
+                       help="trust region: penalty on moving the layout away from the start "
+                            "image's (0 = off)"),
+        setting_option("anchor_side", show_default=ANCHOR_SIDE_DEFAULT,
+                       help="the grid side at which --anchor compares layouts"),
         setting_option("scales", show_default=False, help="coarse-to-fine sides, e.g. 16,32"),
         setting_option("size", show_default="the guide's input",
                        help="side of the optimised image"),
@@ -123,11 +128,12 @@ def bench_view_options(f):
 
     @functools.wraps(f)
     def inner(*args, views, patch_views, patch_weight, jitter, cutout, noise, tv, tv_wrap,
-              tv_by_side, scales, size, **kwargs):
+              tv_by_side, anchor, anchor_side, scales, size, **kwargs):
         view_config = ViewConfig(global_views=views, patch_views=patch_views, cutout=cutout,
                                  noise=noise).with_jitter(jitter)
         settings = dict(views=view_config, patch_weight=patch_weight, tv_weight=tv,
-                        tv_wrap=tv_wrap, tv_by_side=tv_by_side, scales=scales, size=size)
+                        tv_wrap=tv_wrap, tv_by_side=tv_by_side, anchor=anchor,
+                        anchor_side=anchor_side, scales=scales, size=size)
         return f(*args, settings=settings, **kwargs)
 
     return inner

@@ -21,7 +21,7 @@ from clipag.recipes import RECIPES, recipe_config, uses_recommended
 from clipag.settings import SETTINGS, apply
 
 from .common import Command, console, model_options
-from .params import setting_option
+from .params import ANCHOR_DEFAULT, ANCHOR_SIDE_DEFAULT, setting_option
 
 RUN = RunConfig()
 WORLD_PRESETS = ("world-robust", "world-vanilla")  # models that know only the world's words
@@ -90,12 +90,19 @@ def as_flag(field: str, value) -> str:
                                 "a shape costs the same anywhere, not less in a corner")
 @setting_option("tv_by_side", help="with --scales: weight the penalty side/size at each coarse "
                                    "stage, so a shape's outline costs the same at every stage")
+@setting_option("anchor", show_default=ANCHOR_DEFAULT,
+                help="trust region: penalty on moving the image's layout away from the start "
+                     "image's, so the refiner keeps a draft's shapes (0 = off)")
+@setting_option("anchor_side", show_default=ANCHOR_SIDE_DEFAULT,
+                help="the grid side at which --anchor compares layouts")
 @setting_option("init", help="gmm (embedded mixture), noise, a mixture file from `clipag init "
                              "fit`, or crossflow[:FILE] (a learned draft; the embedded world "
                              "flow without FILE)")
 @setting_option("flow_steps", help="ODE steps of the CrossFlow draft")
 @setting_option("flow_guidance", help="classifier-free guidance scale of the CrossFlow draft")
 @setting_option("flow_temperature", help="spread of the CrossFlow draft's source (0 = its mean)")
+@setting_option("flow_candidates", help="CrossFlow drafts drawn per image; the one the model "
+                                        "scores best is refined")
 @click.option("--init-image", "init_image", type=click.Path(dir_okay=False),
               help="start from this image")
 @setting_option("init_candidates", help="best-of-N mixture samples scored by the model")

@@ -187,6 +187,8 @@ def _names(text: str, option: str) -> list[str]:
               show_default=True)
 @click.option("--flow-temperature", type=Real(0, 10), default=_GEN.flow.temperature,
               show_default=True, help="spread of the CrossFlow draft's source (0 = its mean)")
+@click.option("--flow-candidates", type=Count(1, 1000), default=_GEN.flow.candidates,
+              show_default=True, help="drafts per image; the guide's best is kept")
 @click.option("--batch-size", type=Count(1, 4096), default=8, show_default=True)
 @click.option("--seed", "seeds", type=IntList(0), default="0", show_default=True,
               help="sampler seed, or seeds (0,1,2): each figure is then their mean")
@@ -194,7 +196,8 @@ def _names(text: str, option: str) -> list[str]:
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
 def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, lr, init_candidates,
-               flow_steps, flow_guidance, flow_temperature, batch_size, seeds, out, device):
+               flow_steps, flow_guidance, flow_temperature, flow_candidates, batch_size, seeds,
+               out, device):
     """Judge accuracy and time of GMM vs CrossFlow starts at several refiner step counts."""
     import sys
 
@@ -212,7 +215,8 @@ def bench_init(guide, judge_model, inits, refiner_steps, prompts, settings, lr, 
                           "seeds, e.g. 0,1,2")
     config = GenerateConfig(init_candidates=init_candidates, lr=lr,
                             flow=SampleConfig(flow_steps, flow_guidance,
-                                              temperature=flow_temperature), **settings)
+                                              temperature=flow_temperature,
+                                              candidates=flow_candidates), **settings)
     config.check()
     check_writable(Path(out) / "init.md")
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench init"

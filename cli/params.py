@@ -9,6 +9,7 @@ from fractions import Fraction
 import click
 
 from clipag.batch import RunConfig
+from clipag.generate import ANCHOR_SIDE, FLOW_ANCHOR
 from clipag.settings import SETTINGS, Setting, config_default
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
@@ -104,6 +105,11 @@ def click_type(setting: Setting):
     if setting.kind == "sides":
         return Sides()
     return None
+
+
+# what --anchor and --anchor-side are when not given (resolved per start: generate.for_start)
+ANCHOR_DEFAULT = f"{FLOW_ANCHOR:g} from a CrossFlow draft, else 0"
+ANCHOR_SIDE_DEFAULT = f"the draft's side, else {ANCHOR_SIDE}"
 
 
 def setting_option(name: str, *decls: str, show_default=True, **kwargs):

@@ -29,13 +29,22 @@ from .targets import Targets, encode_targets, similarity, weighted_distance
 
 __all__ = ["GenerateConfig", "Generation", "Start", "StepInfo", "Result", "generate", "prepare",
            "optimise", "step_gradient", "view_rows", "guide_score", "with_recommended",
-           "with_setting", "encode_targets", "similarity",
+           "with_setting", "for_start", "encode_targets", "similarity",
            "weighted_distance", "Targets", "check_init", "init_source", "initial_images",
            "InitSource"]
+
+# The trust region's weight from a CrossFlow draft (--anchor) and its grid side from other
+# starts (--anchor-side). From the embedded flow's drafts, 25 / 50 refiner steps at
+# world-robust's settings, 3 seeds: W 100 colour 0.82 / 0.85, shape 0.58 / 0.53, held-out
+# 0.714 / 0.729; W 1000 0.80 / 0.81, 0.58 / 0.59, 0.699 / 0.707; none 0.72 / 0.83, 0.47 /
+# 0.39 (seeds 0, 1) (rows I73, I80, I82, I83 of docs/experiments.md)
+FLOW_ANCHOR = 100.0
+ANCHOR_SIDE = 16
 
 # the flag that sets a setting, where it is not `--` + the name with dashes
 FLAGS = {"tv_weight": "--tv", "global_views": "--views", "flow.steps": "--flow-steps",
          "flow.guidance": "--flow-guidance", "flow.temperature": "--flow-temperature",
+         "flow.candidates": "--flow-candidates",
          "flow.method": "--flow-method"}
 
 
@@ -52,6 +61,10 @@ class GenerateConfig:
     tv_weight: float = 0.0  # total-variation penalty on the pixels (0 = off, as the reference)
     tv_wrap: bool = False  # the penalty treats the image as a torus: the same cost everywhere
     tv_by_side: bool = False  # with scales: weight side/size at a coarse stage of side `side`
+    # trust region: a penalty on moving the layout away from the start image's (0 = off);
+    # None: FLOW_ANCHOR from a CrossFlow draft, else off (`for_start` resolves it)
+    anchor: float | None = None
+    anchor_side: int | None = None  # side at which layouts are compared; None: the draft's, or 16
     views: ViewConfig = field(default_factory=ViewConfig)
     init: str = "gmm"  # "gmm", "noise", a mixture .safetensors, "crossflow[:FILE]"
     init_image: str | None = None
@@ -89,6 +102,8 @@ class GenerateConfig:
         _real("lr", self.lr, "> 0", lambda v: v > 0)
         for name in ("weight_decay", "grad_clip", "global_weight", "patch_weight", "tv_weight"):
             _real(name, getattr(self, name), ">= 0", lambda v: v >= 0)
+        if self.anchor is not None:
+            _real("anchor", self.anchor, ">= 0", lambda v: v >= 0)
         _real("threshold", self.threshold, "in [0, 1)", lambda v: 0 <= v < 1)
         _check_views(self.views)
         if not isinstance(self.init, str):
@@ -103,6 +118,8 @@ class GenerateConfig:
         _whole("save_every", self.save_every, 0)
         _whole("log_every", self.log_every, 1)
         _whole("view_batch", self.view_batch, 0)
+        if self.anchor_side is not None:
+            _whole("anchor_side", self.anchor_side, 1)
         for name in ("amp", "tv_wrap", "tv_by_side"):
             if not isinstance(getattr(self, name), bool):
                 raise ClipagError(f"{_flag(name)} must be true or false, "
@@ -110,6 +127,7 @@ class GenerateConfig:
         _whole("flow.steps", self.flow.steps, 1)
         _real("flow.guidance", self.flow.guidance, ">= 0", lambda v: v >= 0)
         _real("flow.temperature", self.flow.temperature, ">= 0", lambda v: v >= 0)
+        _whole("flow.candidates", self.flow.candidates, 1)
         check_init(self.init)
         if self.init.startswith("crossflow"):
             self.flow.validate()
@@ -210,6 +228,33 @@ def smoothness(pixels: torch.Tensor, wrap: bool = False) -> torch.Tensor:
     return (rows + cols).mean(dim=1)
 
 
+def layout(pixels: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, C, s, s) the images' averages over a grid of at most `side` x `side` cells: where
+    things are and what colour, without their detail."""
+    if pixels.shape[-1] <= side:
+        return pixels
+    return torch.nn.functional.interpolate(pixels, size=(side, side), mode="area")
+
+
+def drift(pixels: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """(B,) mean squared difference between the images' layout and `anchor`'s (B, C, s, s),
+    compared at the coarser of the two sides."""
+    side = min(pixels.shape[-1], anchor.shape[-1])
+    return (layout(pixels, side) - layout(anchor, side)).pow(2).flatten(1).mean(1)
+
+
+def penalty(pixels: torch.Tensor, config: GenerateConfig, anchor: torch.Tensor | None
+            ) -> torch.Tensor | None:
+    """(B,) the pixel penalties of a step (smoothness, distance from the start's layout), or
+    None when both are off."""
+    terms = []
+    if config.tv_weight:
+        terms.append(config.tv_weight * smoothness(pixels, config.tv_wrap))
+    if config.anchor and anchor is not None:
+        terms.append(config.anchor * drift(pixels, anchor))
+    return sum(terms[1:], terms[0]) if terms else None
+
+
 def _clip_per_image(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     norms = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     return grad * (max_norm / (norms + 1e-12)).clamp(max=1.0)
@@ -223,16 +268,25 @@ def stage_plan(size: int, scales: tuple[int, ...], steps: int) -> list[tuple[int
     return [(side, each) for side in sides[:-1]] + [(size, steps - each * (len(sides) - 1))]
 
 
-def scales_for_start(config: GenerateConfig, source: InitSource) -> GenerateConfig:
-    """`config` without the coarse stages below a CrossFlow draft's side. The draft holds
-    its object at that side; a stage below it averages the object away before the refiner
-    starts (docs/experiments.md, rows I39-I42: from a 16 px draft, 25 steps over sides
-    8, 16, 32 read colour 0.41 and over 16, 32 0.62)."""
-    if not isinstance(source, FlowInit):
-        return config
-    side = source.model.cfg.resolution
-    kept = tuple(s for s in config.scales if s >= side)
-    return config if kept == tuple(config.scales) else dataclasses.replace(config, scales=kept)
+def for_start(config: GenerateConfig, source: InitSource) -> GenerateConfig:
+    """`config` as it runs from this start. From a CrossFlow draft: without the coarse
+    stages below the draft's side (the draft holds its object at that side; a stage below it
+    averages the object away before the refiner starts: docs/experiments.md, rows I39-I42,
+    from a 16 px draft 25 steps over sides 8, 16, 32 read colour 0.41 and over 16, 32 0.62),
+    and with the trust region around the draft on unless set (`FLOW_ANCHOR`, at the draft's
+    side). From any other start the trust region is off unless set."""
+    flow = isinstance(source, FlowInit)
+    side = source.model.cfg.resolution if flow else ANCHOR_SIDE
+    changes: dict[str, Any] = {}
+    if config.anchor is None:
+        changes["anchor"] = FLOW_ANCHOR if flow else 0.0
+    if config.anchor_side is None:
+        changes["anchor_side"] = side
+    if flow:
+        kept = tuple(s for s in config.scales if s >= side)
+        if kept != tuple(config.scales):
+            changes["scales"] = kept
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: GenerateConfig,
@@ -242,10 +296,16 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: Genera
 
     The smoothness penalty is a mean over pixels, so at side s it charges a shape's outline
     size/s times what it charges at the output side; `tv_by_side` weights it s/size at each
-    stage, so an outline costs the same at every stage."""
+    stage, so an outline costs the same at every stage.
+
+    With `config.anchor`, every stage is also charged for moving the layout (the average over
+    an `anchor_side` grid) away from `start`'s: a trust region around the start image, so
+    that the refiner adds detail to a draft's shapes instead of repainting them. (None is
+    off here; `generate` first resolves it from the start, see `for_start`.)"""
     size = start.shape[-1]
+    anchor = layout(start, config.anchor_side or ANCHOR_SIDE).detach() if config.anchor else None
     if not config.scales:
-        return _optimise_stage(guide, targets, start, config, on_step)
+        return _optimise_stage(guide, targets, start, config, on_step, anchor=anchor)
     frames, done, result = [], 0, None
     image = start
     for side, steps in stage_plan(size, config.scales, config.steps):
@@ -258,15 +318,16 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: Genera
 
         tv = config.tv_weight * side / size if config.tv_by_side else config.tv_weight
         stage = dataclasses.replace(config, steps=steps, scales=(), tv_weight=tv)
-        result = _optimise_stage(guide, targets, image, stage, shifted, first_step=done)
+        result = _optimise_stage(guide, targets, image, stage, shifted, first_step=done,
+                                 anchor=anchor)
         frames += [upsample(f, size) if f.shape[-1] != size else f for f in result.frames]
         image, done = result.images, done + steps
     return Result(result.images, result.best_loss, result.score, frames)
 
 
 def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config: GenerateConfig,
-                    on_step: Callable[[StepInfo], None] | None = None, first_step: int = 0
-                    ) -> Result:
+                    on_step: Callable[[StepInfo], None] | None = None, first_step: int = 0,
+                    anchor: torch.Tensor | None = None) -> Result:
     device = guide.device
     guide.model.requires_grad_(False)
     views = Views(guide.image_size, config.views).to(device)
@@ -284,9 +345,11 @@ def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config:
     n_global = config.views.global_views
     use_amp = config.amp and device.type == "cuda"
     rows = view_rows(b, config, device)
+    anchor = anchor.to(device) if anchor is not None else None
     for step in range(1, config.steps + 1):
         optimizer.zero_grad(set_to_none=True)
-        loss_g, loss_p = step_gradient(guide, views, pixels, targets, config, rows, use_amp)
+        loss_g, loss_p = step_gradient(guide, views, pixels, targets, config, rows, use_amp,
+                                       anchor)
         # a non-finite gradient (an fp16 overflow, a NaN from the model) moves nothing, rather
         # than turning the pixels into NaN for the rest of the run
         pixels.grad = torch.nan_to_num(pixels.grad, nan=0.0, posinf=0.0, neginf=0.0)
@@ -333,14 +396,16 @@ def view_rows(b: int, config: GenerateConfig, device: torch.device
 
 def step_gradient(guide: Guide, views: Views, pixels: torch.Tensor, targets: Targets,
                   config: GenerateConfig, rows: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  use_amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  use_amp: bool = False, anchor: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one step's views of `pixels` (B, 3, H, W), leaf) and accumulate the loss's
     gradient into `pixels.grad`; return the per-image global and patch losses (B,), detached.
 
     With `rows` (from `view_rows`), the views go through the model `config.view_batch` at a
     time: all views are still drawn at once (the same randomness as one pass), each chunk's
     loss is its share of the full loss and its gradient is carried back to the views, then
-    through the augmentations to the pixels in one pass, with the TV penalty added once."""
+    through the augmentations to the pixels in one pass, with the pixel penalties (`penalty`:
+    smoothness, and the distance from `anchor`, the start's layout) added once."""
     device, b = pixels.device, pixels.shape[0]
     n_global, n_patch = config.views.global_views, config.views.patch_views
     with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -355,8 +420,9 @@ def step_gradient(guide: Guide, views: Views, pixels: torch.Tensor, targets: Tar
         loss_g = weighted_distance(emb_g, targets) if n_global else torch.zeros(b, device=device)
         loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
         loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()
-        if config.tv_weight:
-            loss = loss + config.tv_weight * smoothness(pixels, config.tv_wrap).sum()
+        extra = penalty(pixels, config, anchor)
+        if extra is not None:
+            loss = loss + extra.sum()
         loss.backward()
         return loss_g.detach(), loss_p.detach()
     owner, share = rows
@@ -370,8 +436,9 @@ def step_gradient(guide: Guide, views: Views, pixels: torch.Tensor, targets: Tar
         (share[part] * d).sum().backward()
         distances.append(d.detach())
     outputs, grads = [batch], [leaf.grad]
-    if config.tv_weight:
-        outputs.append(config.tv_weight * smoothness(pixels, config.tv_wrap).sum())
+    extra = penalty(pixels, config, anchor)
+    if extra is not None:
+        outputs.append(extra.sum())
         grads.append(None)
     torch.autograd.backward(outputs, grads)
     d = torch.cat(distances)
@@ -461,7 +528,7 @@ def generate(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gene
     text pushed away with weight -`negative_weight`. `source`: see `prepare`."""
     began = time.perf_counter()
     start = prepare(prompts, model, config, seeds, negatives, negative_weight, source=source)
-    config = scales_for_start(config, start.source)
+    config = for_start(config, start.source)
     torch.manual_seed(start.seeds[0])  # the augmentations' randomness
     result = optimise(model, start.targets, start.images, config, on_step)
     seconds = (time.perf_counter() - began) / len(start.seeds)

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -243,19 +243,27 @@ def initial_images(guide: Guide, targets: Targets, config: GenerateConfig, size:
         elif isinstance(source, FlowInit):
             if prompts is None:
                 raise ValueError("a CrossFlow init needs the prompts")
-            image = upsample(source.draft(prompts[b], seed)[None].cpu(), size)[0]
+            drafts = source.drafts(prompts[b], seed, source.sampling.candidates)
+            best = drafts[0] if len(drafts) == 1 else best_of(drafts, scorer(guide, targets, b))
+            image = upsample(best[None].cpu(), size)[0]
         elif config.init == "noise" or source is None:
             image = noise(size, g)
         else:
             candidates = source.sample(config.init_candidates, g)
-            one = targets.select(slice(b, b + 1))
-
-            def score(chunk: torch.Tensor, one=one) -> torch.Tensor:
-                with torch.no_grad(), autocast(guide.device):
-                    emb = guide.encode_images(upsample(chunk.to(guide.device), guide.image_size))
-                return similarity(emb, Targets(one.texts.expand(len(chunk), -1, -1),
-                                               one.weights.expand(len(chunk), -1)))
-
-            image = upsample(best_of(candidates, score)[None], size)[0]
+            image = upsample(best_of(candidates, scorer(guide, targets, b))[None], size)[0]
         out.append(image)
     return torch.stack(out).to(guide.device)
+
+
+def scorer(guide: Guide, targets: Targets, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Scores candidate start images (N, 3, r, r) for image b: the guide's weighted cosine
+    similarity to its prompts, read at the guide's input side."""
+    one = targets.select(slice(b, b + 1))
+
+    def score(chunk: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(guide.device):
+            emb = guide.encode_images(upsample(chunk.to(guide.device), guide.image_size))
+        return similarity(emb, Targets(one.texts.expand(len(chunk), -1, -1),
+                                       one.weights.expand(len(chunk), -1)))
+
+    return score

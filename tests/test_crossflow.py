@@ -434,10 +434,35 @@ def test_crossflow_init_plugs_into_generate(tmp_path, tiny_guide, tiny_checkpoin
     assert meta["init"] == "crossflow" and meta["settings"]["flow"]["steps"] == SampleConfig.steps
 
 
+def test_flow_candidates_keep_the_draft_the_guide_scores_best(tmp_path, tiny_guide):
+    from clipag.generate import GenerateConfig, encode_targets, init_source, initial_images
+    from clipag.init import scorer, upsample
+    from clipag.prompts import parse_prompt
+
+    path = _flow_for(tiny_guide, tmp_path)
+    config = GenerateConfig(init=f"crossflow:{path}", flow=SampleConfig(steps=3, candidates=6,
+                                                                        temperature=1.0))
+    source = init_source(config, tiny_guide)
+    prompts = [parse_prompt("a red circle"), parse_prompt("a blue square")]
+    targets = encode_targets(tiny_guide, prompts)
+    drafts = source.drafts(prompts[1], 7, 6)
+    assert drafts.shape == (6, 3, 8, 8)
+    # the first is the plain draft (to rounding: a batch of 6 goes through the net)
+    assert torch.allclose(drafts[0], source.draft(prompts[1], 7), atol=1e-4)
+    assert len({tuple(d.flatten().tolist()) for d in drafts}) == 6  # all different
+    scores = scorer(tiny_guide, targets, 1)(drafts)
+    start = initial_images(tiny_guide, targets, config, 32, [3, 7], source, prompts)
+    best = drafts[int(scores.argmax())]
+    assert torch.allclose(start[1], upsample(best[None], 32)[0])
+    assert int(scores.argmax()) != 0 or scores.max() > scores.min()  # a real choice was made
+    with pytest.raises(ClipagError, match="--flow-candidates must be >= 1"):
+        dataclasses.replace(config, flow=SampleConfig(candidates=0)).check()
+
+
 def test_a_crossflow_start_skips_the_coarse_stages_below_its_draft(tmp_path, tiny_guide):
     """A 16 px draft refined over sides 8, 16, 32: the 8 px stage would average its object
     away, so it is dropped; a GMM start keeps every stage."""
-    from clipag.generate import GenerateConfig, generate, scales_for_start
+    from clipag.generate import FLOW_ANCHOR, GenerateConfig, for_start, generate
     from clipag.flow.crossflow import text_probe
 
     with torch.no_grad():
@@ -451,12 +476,19 @@ def test_a_crossflow_start_skips_the_coarse_stages_below_its_draft(tmp_path, tin
                             flow=SampleConfig(steps=2), views=ViewConfig(global_views=2,
                                                                           patch_views=0))
     made = generate(["a red circle"], tiny_guide, config, seeds=[0])
-    assert made.records[0]["settings"]["scales"] == [16]
+    ran = made.records[0]["settings"]
+    assert ran["scales"] == [16]
+    # and the trust region around the draft is on, at the draft's side
+    assert (ran["anchor"], ran["anchor_side"]) == (FLOW_ANCHOR, 16)
     assert made.images.shape == (1, 3, 32, 32)
-    assert scales_for_start(config, None) is config  # not a CrossFlow: untouched
+    assert for_start(config, None).scales == config.scales  # not a CrossFlow: untouched
     gmm = dataclasses.replace(config, init="gmm", init_candidates=4)
-    assert generate(["a red circle"], tiny_guide, gmm, seeds=[0]).records[0]["settings"][
-        "scales"] == [8, 16]
+    ran = generate(["a red circle"], tiny_guide, gmm, seeds=[0]).records[0]["settings"]
+    assert ran["scales"] == [8, 16] and ran["anchor"] == 0.0
+    # what the user sets is kept, from either start
+    own = dataclasses.replace(config, anchor=0.0, anchor_side=4)
+    ran = generate(["a red circle"], tiny_guide, own, seeds=[0]).records[0]["settings"]
+    assert (ran["anchor"], ran["anchor_side"]) == (0.0, 4)
 
 
 def test_crossflow_init_refuses_a_flow_from_another_text_tower(tmp_path, tiny_guide, tiny_checkpoint):

@@ -289,16 +289,19 @@ class CrossFlow(nn.Module):
         return F.normalize(z, dim=-1), F.normalize(self.image_proj(x1.flatten(1)), dim=-1)
 
     def latent(self, text: torch.Tensor, generator: torch.Generator | None = None,
-               temperature: float = 1.0, mix: torch.Tensor | None = None
+               temperature: float = 1.0, mix: torch.Tensor | None = None, count: int = 1
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z0 sampled from the VE, mean, logvar); temperature scales the sampled spread.
         With `mix` (P,) weights summing to 1, the P texts' Gaussians become one: the
-        weighted mean of their means and of their variances."""
+        weighted mean of their means and of their variances. With `count`, that many z0
+        per Gaussian (the rows of one text together)."""
         mean, logvar = self.ve(text)
         if mix is not None:
             w = mix.to(mean).view(-1, 1, 1, 1)
             mean = (w * mean).sum(0, keepdim=True)
             logvar = (w * logvar.exp()).sum(0, keepdim=True).log()
+        if count > 1:
+            mean, logvar = (t.repeat_interleave(count, dim=0) for t in (mean, logvar))
         eps = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device)
         return mean + temperature * (0.5 * logvar).exp() * eps, mean, logvar
 
@@ -360,10 +363,13 @@ class SampleConfig:
     # docs/experiments.md). The embedded mean-conditioned flow on those 48 prompts: shape
     # 0.47 against 0.45 at 1, colour 0.91 against 0.90 (row I76)
     temperature: float = 0.5
+    candidates: int = 1  # drafts drawn per image; the guide's best is kept (1 = the paper's)
 
     def validate(self) -> None:
         if self.steps < 1:
             raise ClipagError("flow --steps must be >= 1")
+        if self.candidates < 1:
+            raise ClipagError("--flow-candidates must be >= 1")
         if self.method not in ("euler", "heun"):
             raise ClipagError(f"unknown ODE method {self.method!r}: euler or heun")
         for name in ("guidance", "temperature"):
@@ -374,14 +380,15 @@ class SampleConfig:
 
 @torch.no_grad()
 def sample(model: CrossFlow, text: torch.Tensor, config: SampleConfig = SampleConfig(),
-           generator: torch.Generator | None = None, mix: torch.Tensor | None = None
-           ) -> torch.Tensor:
-    """Images (B, 3, R, R) in [0, 1] from the VE's text input (B, D) or (B, L, W),
-    integrating the guided velocity from t = 0 (the text latent) to t = 1; with `mix`, one
-    image from the texts' weighted mixture (see CrossFlow.latent)."""
+           generator: torch.Generator | None = None, mix: torch.Tensor | None = None,
+           count: int = 1) -> torch.Tensor:
+    """Images (B * count, 3, R, R) in [0, 1] from the VE's text input (B, D) or (B, L, W),
+    integrating the guided velocity from t = 0 (the text latent) to t = 1; with `mix`, from
+    the texts' weighted mixture (see CrossFlow.latent), B = 1. `count` images per text, drawn
+    together in one batch."""
     config.validate()
     model.eval()
-    x, mean, _ = model.latent(text, generator, config.temperature, mix)
+    x, mean, _ = model.latent(text, generator, config.temperature, mix, count)
     b, dt = len(x), 1.0 / config.steps
     ones = torch.ones(b, device=x.device, dtype=torch.long)
     indicator = torch.cat([ones, 0 * ones])
@@ -507,9 +514,14 @@ class FlowInit:
 
     def draft(self, prompts: list[WeightedPrompt], seed: int) -> torch.Tensor:
         """(3, R, R) in [0, 1]; the same prompt and seed give the same draft."""
+        return self.drafts(prompts, seed, 1)[0]
+
+    def drafts(self, prompts: list[WeightedPrompt], seed: int, count: int) -> torch.Tensor:
+        """(count, 3, R, R) in [0, 1], drawn together from one seeded generator; the first is
+        `draft`'s (to float rounding: the batch goes through the net at once)."""
         text, mix = self.condition(prompts)
         return sample(self.model, text.to(next(self.model.parameters()).device), self.sampling,
-                      torch.Generator().manual_seed(seed), mix)[0]
+                      torch.Generator().manual_seed(seed), mix, count)
 
 
 def load_flow_init(spec: str, device: torch.device, guide: Guide | None,

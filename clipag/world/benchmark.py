@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..fileio import write_text_atomic
-from ..generate import GenerateConfig, generate, guide_score, prepare
+from ..generate import ANCHOR_SIDE, FLOW_ANCHOR, GenerateConfig, generate, guide_score, prepare
 from ..init import init_source, upsample
 from .judge import judge, read_image
 from ..load import load_model
@@ -27,10 +27,19 @@ JUDGE_SIDE = 64  # the world's image side, where the analytic judge was validate
 
 
 def tv_form(config: GenerateConfig) -> str:
-    """How the smoothness penalty was computed, for a report's settings line."""
+    """How the pixel penalties were computed (smoothness form, trust region), for a report's
+    settings line."""
     forms = [name for name, on in (("wrapped", config.tv_wrap), ("by side", config.tv_by_side))
              if on]
-    return f" ({', '.join(forms)})" if forms and config.tv_weight else ""
+    form = f" ({', '.join(forms)})" if forms and config.tv_weight else ""
+    if config.anchor is None:
+        form += f", anchor {FLOW_ANCHOR:g} from a CrossFlow draft"
+    elif config.anchor:
+        form += f", anchor {config.anchor:g}"
+    if config.anchor != 0:
+        form += (f" at {config.anchor_side} px" if config.anchor_side is not None
+                 else f" at the draft's side ({ANCHOR_SIDE} px from other starts)")
+    return form
 
 
 def suite(n: int, seed: int = 1234) -> list[str]:
@@ -286,7 +295,9 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
              f"scales {','.join(map(str, config.scales)) or 'none'}; "
              f"GMM best of {config.init_candidates}; CrossFlow {config.flow.steps} "
              f"{config.flow.method} steps, guidance {config.flow.guidance}, temperature "
-             f"{config.flow.temperature:g}.", "",
+             f"{config.flow.temperature:g}"
+             + (f", the guide's best of {config.flow.candidates} drafts"
+                if config.flow.candidates > 1 else "") + ".", "",
              "| init | refiner steps | " + " | ".join(f"judge {a}" for a in ATTRIBUTES)
              + " | held-out CLIP score | s/image |",
              "|---" * (len(ATTRIBUTES) + 4) + "|"]
