@@ -33,12 +33,12 @@ def tv_form(config: GenerateConfig) -> str:
              if on]
     form = f" ({', '.join(forms)})" if forms and config.tv_weight else ""
     if config.anchor is None:
-        form += f", anchor {FLOW_ANCHOR:g} from a CrossFlow draft"
+        side = f"{config.anchor_side} px" if config.anchor_side is not None else "its side"
+        form += f", anchor {FLOW_ANCHOR:g} at {side} from a CrossFlow draft, else off"
     elif config.anchor:
-        form += f", anchor {config.anchor:g}"
-    if config.anchor != 0:
-        form += (f" at {config.anchor_side} px" if config.anchor_side is not None
-                 else f" at the draft's side ({ANCHOR_SIDE} px from other starts)")
+        side = (f"{config.anchor_side} px" if config.anchor_side is not None
+                else f"a draft's side ({ANCHOR_SIDE} px from other starts)")
+        form += f", anchor {config.anchor:g} at {side}"
     return form
 
 
