@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ClipagError
-from .generate import GenerateConfig, Generation, StepInfo, generate, with_recommended
+from .generate import (ANCHOR_SIDE, FLOW_ANCHOR, GenerateConfig, Generation, StepInfo, generate,
+                       with_recommended)
 from .load import ModelSpec
 from .models import DEFAULT_PRESET, PRESETS, Guide
 from .output import (companions, image_format, read_sidecar, save_gif, save_image, save_sidecar,
@@ -113,6 +114,9 @@ def task_key(prompt: str, negatives: Sequence[str], negative_weight: float, seed
     settings = dataclasses.asdict(config)
     for name in NOT_IN_KEY:
         settings.pop(name, None)
+    if config.anchor is None or config.anchor_side is None:
+        # what an unset anchor becomes (generate.for_start): a new default is a new task
+        settings["anchor_auto"] = [FLOW_ANCHOR, ANCHOR_SIDE]
     identity = {"prompt": prompt, "negatives": list(negatives),
                 "negative_weight": negative_weight if negatives else None, "seed": seed,
                 "settings": settings, "model": model}

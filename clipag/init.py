@@ -243,7 +243,9 @@ def initial_images(guide: Guide, targets: Targets, config: GenerateConfig, size:
         elif isinstance(source, FlowInit):
             if prompts is None:
                 raise ValueError("a CrossFlow init needs the prompts")
-            drafts = source.drafts(prompts[b], seed, source.sampling.candidates)
+            # at temperature 0 every draft of a prompt is the same: draw one
+            count = source.sampling.candidates if source.sampling.temperature > 0 else 1
+            drafts = source.drafts(prompts[b], seed, count)
             best = drafts[0] if len(drafts) == 1 else best_of(drafts, scorer(guide, targets, b))
             image = upsample(best[None].cpu(), size)[0]
         elif config.init == "noise" or source is None:

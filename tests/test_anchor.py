@@ -108,3 +108,19 @@ def test_cli_anchor_flags_and_jsonl_keys(tmp_path):
     result = runner.invoke(cli, ["generate", "-f", str(lines), *base, "-d", str(tmp_path / "c")])
     assert result.exit_code == 2 and "anchor_side" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_unset_anchor_keys_its_task_by_the_default_it_becomes(monkeypatch):
+    """A resumed run skips an image whose key matches: a changed default anchor must change
+    the key of a task that left it unset, and not of one that set it."""
+    import clipag.batch as batch
+
+    def key(config):
+        return batch.task_key("a red circle", [], 0.5, 0, config, {"model": "m"})
+
+    unset, own = GenerateConfig(init="crossflow"), GenerateConfig(init="crossflow", anchor=5.0,
+                                                                  anchor_side=8)
+    before = key(unset), key(own)
+    monkeypatch.setattr(batch, "FLOW_ANCHOR", 7.0)
+    assert key(unset) != before[0]
+    assert key(own) == before[1]

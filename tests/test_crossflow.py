@@ -454,7 +454,14 @@ def test_flow_candidates_keep_the_draft_the_guide_scores_best(tmp_path, tiny_gui
     start = initial_images(tiny_guide, targets, config, 32, [3, 7], source, prompts)
     best = drafts[int(scores.argmax())]
     assert torch.allclose(start[1], upsample(best[None], 32)[0])
-    assert int(scores.argmax()) != 0 or scores.max() > scores.min()  # a real choice was made
+    assert int(scores.argmax()) != 0  # a real choice: the kept draft is not the first
+    # at temperature 0 every draft is the VE mean's: one is drawn, not six
+    cold = dataclasses.replace(config, flow=SampleConfig(steps=3, candidates=6, temperature=0))
+    source, counts = init_source(cold, tiny_guide), []
+    real = source.drafts
+    source.drafts = lambda p, seed, count: counts.append(count) or real(p, seed, count)
+    initial_images(tiny_guide, targets, cold, 32, [3, 7], source, prompts)
+    assert counts == [1, 1]
     with pytest.raises(ClipagError, match="--flow-candidates must be >= 1"):
         dataclasses.replace(config, flow=SampleConfig(candidates=0)).check()
 
