@@ -252,7 +252,7 @@ def penalty(pixels: torch.Tensor, config: GenerateConfig, anchor: torch.Tensor |
         terms.append(config.tv_weight * smoothness(pixels, config.tv_wrap))
     if config.anchor and anchor is not None:
         terms.append(config.anchor * drift(pixels, anchor))
-    return sum(terms[1:], terms[0]) if terms else None
+    return sum(terms) if terms else None
 
 
 def _clip_per_image(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -345,7 +345,8 @@ def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config:
     n_global = config.views.global_views
     use_amp = config.amp and device.type == "cuda"
     rows = view_rows(b, config, device)
-    anchor = anchor.to(device) if anchor is not None else None
+    # the start's layout at this stage's side, once, where the stage is coarser than the grid
+    anchor = layout(anchor.to(device), start.shape[-1]) if anchor is not None else None
     for step in range(1, config.steps + 1):
         optimizer.zero_grad(set_to_none=True)
         loss_g, loss_p = step_gradient(guide, views, pixels, targets, config, rows, use_amp,
