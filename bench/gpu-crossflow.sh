@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train a wider CrossFlow on the world (by default a U-Net of width 64, depth 2, reading the
 # token sequence, the velocity net reading the VE's mean; the shipped one is a U-Net of 32 x 1,
-# 16 px, token VE, --condition mean, trained 9000 x 64 in 72 minutes on a 2-core CPU) with the
+# 16 px, token VE, --condition mean, trained 14000 x 64 in about 90 minutes on a 2-core CPU) with the
 # official objective, and measure its bare drafts and refined images against the shipped flow
 # and the GMM start (`clipag bench init`, 32 prompts). NET=transformer trains the paper's
 # velocity network instead (width 256, depth 8: row G6 of docs/experiments.md).

@@ -93,9 +93,10 @@ def test_benchmark_judge_may_be_a_checkpoint_file(tmp_path):
 def test_embedded_crossflow_drafts_show_their_prompt():
     """The shipped world CrossFlow alone: its drafts' background, object colour and shape
     follow the prompt. On the bench's 32 prompts at the default temperature it reads
-    background 32/32, colour 27/32, shape 18/32; the flow shipped before, which drew circles
-    for every shape, read shape 7/32 (on suite seed 4321 the two read 12/32 and 11/32); a
-    flow that draws the background alone, as the first shipped one did, reads 0 for colour."""
+    background 32/32, colour 27/32, shape 23/32 (on suite seed 4321: 32, 28, 21); the same
+    recipe trained 9000 steps instead of 14000 read shape 18/32, the flow before it, which
+    drew circles for every shape, 7/32; a flow that draws the background alone, as the
+    first shipped one did, reads 0 for colour."""
     from clipag.flow.crossflow import DEFAULT_FLOW, FlowInit, SampleConfig, load_flow, text_guide_for
     from clipag.world.judge import judge
     from clipag.prompts import parse_prompt
@@ -108,7 +109,7 @@ def test_embedded_crossflow_drafts_show_their_prompt():
     reads = [judge(drafter.draft(parse_prompt(p), seed=i), p) for i, p in enumerate(prompts)]
     assert sum(r["background"] for r in reads) / len(reads) >= 0.75
     assert sum(r["color"] for r in reads) / len(reads) >= 0.6
-    assert sum(r["shape"] for r in reads) / len(reads) >= 0.4
+    assert sum(r["shape"] for r in reads) >= 19  # the 9000-step flow: 18
 
 
 def test_init_benchmark_smoke(tmp_path):
