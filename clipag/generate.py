@@ -34,10 +34,11 @@ __all__ = ["GenerateConfig", "Generation", "Start", "StepInfo", "Result", "gener
            "InitSource"]
 
 # The trust region's weight from a CrossFlow draft (--anchor) and its grid side from other
-# starts (--anchor-side). From the embedded flow's drafts, 25 / 50 refiner steps at
-# world-robust's settings, 3 seeds: W 100 colour 0.82 / 0.85, shape 0.58 / 0.53, held-out
-# 0.714 / 0.729; W 1000 0.80 / 0.81, 0.58 / 0.59, 0.699 / 0.707; none 0.72 / 0.83, 0.47 /
-# 0.39 (seeds 0, 1) (rows I73, I80, I82, I83 of docs/experiments.md)
+# starts (--anchor-side). 25 / 50 refiner steps at world-robust's settings, 3 seeds, colour
+# and shape. From the embedded (14000-step) flow's drafts: W 100 0.78 / 0.84, 0.73 / 0.73;
+# W 10 0.85 / 0.88, 0.69 / 0.65 (rows I86, I87). From the 9000-step flow before it: W 100
+# 0.82 / 0.85, 0.58 / 0.53; W 1000 0.80 / 0.81, 0.58 / 0.59; none 0.72 / 0.83, 0.47 / 0.39
+# (seeds 0, 1) (rows I73, I80, I82, I83 of docs/experiments.md)
 FLOW_ANCHOR = 100.0
 ANCHOR_SIDE = 16
 
