@@ -17,8 +17,10 @@ from clipag.errors import ClipagError
 from clipag.load import load_spec, preset_of
 from clipag.models import DEFAULT_PRESET, PRESETS
 from clipag.prompts import Job, parse_prompt, read_prompts_file, unknown_words, world_vocabulary
-from clipag.recipes import RECIPES, recipe_config, uses_recommended
-from clipag.settings import SETTINGS, apply
+from clipag.recipes import RECIPES, recipe_config, recipe_run, uses_recommended
+from clipag.canvas.config import CANVAS_NAMES, DEFAULT_LR
+from clipag.generate import GenerateConfig
+from clipag.settings import SETTINGS, apply, config_default
 
 from .common import Command, console, model_options
 from .params import ANCHOR_DEFAULT, ANCHOR_SIDE_DEFAULT, setting_option
@@ -48,73 +50,136 @@ def as_flag(field: str, value) -> str:
     return f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}"
 
 
+def generation_options(base: GenerateConfig, recipe: str):
+    """The options `generate` and `draw` share, their defaults read from `base` (the recipe
+    the command starts from), so that --help shows what a run does."""
+    run = recipe_run(recipe)
+
+    def opt(name, *decls, **kwargs):
+        return setting_option(name, *decls, base=base, run=run, **kwargs)
+
+    options = [
+        click.argument("prompt", required=False),
+        click.option("--prompts-file", "-f", type=click.Path(dir_okay=False),
+                     help="one prompt a line (# comments), or .jsonl with per-line settings"),
+        click.option("--negative", "-n", multiple=True, help="text to move away from (repeatable)"),
+        opt("negative_weight", help="weight of each --negative"),
+        click.option("--output", "-o", type=click.Path(dir_okay=False),
+                     help="output image (.png, .jpg, .webp; strokes: .png or .svg, both are "
+                          "written) for a single image [default: OUTDIR/NNNN-prompt-sSEED.png]"),
+        click.option("--outdir", "-d", default=RUN.outdir, show_default=True,
+                     type=click.Path(file_okay=False)),
+        opt("samples", help="images per prompt"),
+        opt("seed", help="sample k uses seed+k"),
+        model_options(default_hint=DEFAULT_PRESET, mix=True),
+        click.option("--recipe", type=click.Choice(RECIPES), default=recipe, show_default=True,
+                     help="settings to start from: clipag's defaults (with a preset's "
+                          "recommended settings); reference: the CLIPAG notebook as published; "
+                          "clipdraw: the CLIPAG + CLIPDraw notebook (strokes); flags you give "
+                          "apply over it"),
+        click.option("--canvas", "canvas", type=click.Choice(CANVAS_NAMES),
+                     default=config_default(SETTINGS["canvas"], base), show_default=True,
+                     help="what the image is made of: pixels, pyramid (a sum of images at many "
+                          "resolutions), fourier (a scaled spectrum) or strokes (Bezier curves, "
+                          "written as PNG + SVG)"),
+        opt("steps"),
+        opt("lr", show_default=_lr_default(base),
+            help="AdamW learning rate of the canvas's main parameters (pixels, levels, "
+                 "spectrum, stroke points in pixels)"),
+        opt("weight_decay", help="AdamW weight decay on them (0 = off)"),
+        opt("size", show_default="model input" if base.size is None else True,
+            help="output side in pixels"),
+        opt("views", help="global views per step"),
+        opt("patch_views", help="random-crop views per step"),
+        opt("patch_fraction", show_default="0.571 (128/224)",
+            help="patch side as a fraction of the image side"),
+        opt("view_batch", help="views per model pass (0 = all at once; lower to save memory)"),
+        opt("global_weight"),
+        opt("patch_weight"),
+        opt("jitter", help="colour-jitter strength of the views: 1 = reference, 0 = none, up to 2"),
+        opt("cutout", help="side of the square each view blanks, as a fraction of the view "
+                           "(0 = none)"),
+        opt("noise", help="per-view pixel noise std"),
+        opt("grad_clip", help="per-image gradient-norm clip (0 = off)"),
+        opt("threshold", help="pixels canvas: dynamic-thresholding percentile (0 = clamp)"),
+        click.option("--keep", type=click.Choice(("best", "last")), default=base.keep,
+                     show_default=True, help="the image kept: the best seen (lowest loss) or "
+                                             "the last"),
+        opt("tv", help="total-variation penalty: smoother images, cleaner backgrounds (0 = off)"),
+        opt("tv_wrap", help="the penalty wraps around the borders (the image as a torus), so "
+                            "a shape costs the same anywhere, not less in a corner"),
+        opt("tv_by_side", help="with --scales: weight the penalty side/size at each coarse "
+                               "stage, so a shape's outline costs the same at every stage"),
+        opt("anchor", show_default=ANCHOR_DEFAULT,
+            help="trust region: penalty on moving the image's layout away from the start "
+                 "image's, so the refiner keeps a draft's shapes (0 = off)"),
+        opt("anchor_side", show_default=ANCHOR_SIDE_DEFAULT,
+            help="the grid side at which --anchor compares layouts"),
+        opt("init", help="pixels, pyramid, fourier: gmm (embedded mixture), noise, a mixture "
+                         "file from `clipag init fit`, or crossflow[:FILE] (a learned draft; "
+                         "the embedded world flow without FILE); strokes start from the seed"),
+        opt("flow_steps", help="ODE steps of the CrossFlow draft"),
+        opt("flow_guidance", help="classifier-free guidance scale of the CrossFlow draft"),
+        opt("flow_temperature", help="spread of the CrossFlow draft's source (0 = its mean)"),
+        opt("flow_candidates", help="CrossFlow drafts drawn per image; the one the model "
+                                    "scores best is refined"),
+        click.option("--init-image", "init_image", type=click.Path(dir_okay=False),
+                     help="start from this image (not with strokes)"),
+        opt("init_candidates", help="best-of-N mixture samples scored by the model"),
+        opt("scales", show_default=False,
+            help="pixels canvas: coarse-to-fine, optimise first at these sides (e.g. 16,32), "
+                 "then at --size"),
+        opt("strokes", help="strokes canvas: how many strokes"),
+        opt("segments", help="strokes: most cubic segments a stroke has (each gets 1..N)"),
+        opt("stroke_width", help="strokes: widths are clamped to LOW,HIGH pixels"),
+        opt("start_width", help="strokes: width each stroke starts with"),
+        opt("reach", help="strokes: a start stroke's control points step up to half this "
+                          "fraction of the side"),
+        opt("width_lr", help="strokes: learning rate of the widths"),
+        opt("color_lr", help="strokes: learning rate of the RGBA colours"),
+        opt("background", help="strokes: background colour R,G,B in [0, 1]"),
+        opt("curve_samples", help="strokes: polyline points per segment when rendering"),
+        opt("levels", help="pyramid canvas: how many resolutions (the finest: size, size/2, ...)"),
+        opt("decay", help="fourier canvas: spectrum scale 1/f^decay"),
+        opt("batch_size", help="images optimised together (same settings)"),
+        opt("save_every", help="keep a frame every N steps and write a GIF beside the image"),
+        click.option("--overwrite", is_flag=True, help="replace existing outputs"),
+        click.option("--quiet", "-q", is_flag=True),
+    ]
+
+    def wrap(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+def _lr_default(base: GenerateConfig) -> str:
+    if base.lr is not None:
+        return f"{base.lr:g}"
+    return "per canvas: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+
+
 @click.command(cls=Command)
-@click.argument("prompt", required=False)
-@click.option("--prompts-file", "-f", type=click.Path(dir_okay=False),
-              help="one prompt a line (# comments), or .jsonl with per-line settings")
-@click.option("--negative", "-n", multiple=True, help="text to move away from (repeatable)")
-@setting_option("negative_weight", help="weight of each --negative")
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="output image (.png, .jpg, .webp) for a single image "
-                   "[default: OUTDIR/NNNN-prompt-sSEED.png]")
-@click.option("--outdir", "-d", default=RUN.outdir, show_default=True,
-              type=click.Path(file_okay=False))
-@setting_option("samples", help="images per prompt")
-@setting_option("seed", help="sample k uses seed+k")
-@model_options(default_hint=DEFAULT_PRESET, mix=True)
-@click.option("--recipe", type=click.Choice(RECIPES), default=RECIPES[0], show_default=True,
-              help="settings to start from: clipag's defaults (with a preset's recommended "
-                   "settings), or reference: the CLIPAG notebook as published (no recommended "
-                   "settings); flags you give apply over it")
-@setting_option("steps")
-@setting_option("lr", help="AdamW learning rate on the pixels")
-@setting_option("weight_decay", help="AdamW weight decay on the pixels (0 = off)")
-@setting_option("size", show_default="model input", help="output side in pixels")
-@setting_option("views", help="global views per step")
-@setting_option("patch_views", help="random-crop views per step")
-@setting_option("patch_fraction", show_default="0.571 (128/224)",
-                help="patch side as a fraction of the image side")
-@setting_option("view_batch", help="views per model pass (0 = all at once; lower to save memory)")
-@setting_option("global_weight")
-@setting_option("patch_weight")
-@setting_option("jitter", help="colour-jitter strength of the views: 1 = reference, 0 = none, "
-                               "up to 2")
-@setting_option("cutout", help="side of the square each view blanks, as a fraction of the view "
-                               "(0 = none)")
-@setting_option("noise", help="per-view pixel noise std")
-@setting_option("grad_clip", help="per-image gradient-norm clip (0 = off)")
-@setting_option("threshold", help="dynamic-thresholding percentile (0 = clamp)")
-@setting_option("tv", help="total-variation penalty: smoother images, cleaner backgrounds "
-                           "(0 = off)")
-@setting_option("tv_wrap", help="the penalty wraps around the borders (the image as a torus), so "
-                                "a shape costs the same anywhere, not less in a corner")
-@setting_option("tv_by_side", help="with --scales: weight the penalty side/size at each coarse "
-                                   "stage, so a shape's outline costs the same at every stage")
-@setting_option("anchor", show_default=ANCHOR_DEFAULT,
-                help="trust region: penalty on moving the image's layout away from the start "
-                     "image's, so the refiner keeps a draft's shapes (0 = off)")
-@setting_option("anchor_side", show_default=ANCHOR_SIDE_DEFAULT,
-                help="the grid side at which --anchor compares layouts")
-@setting_option("init", help="gmm (embedded mixture), noise, a mixture file from `clipag init "
-                             "fit`, or crossflow[:FILE] (a learned draft; the embedded world "
-                             "flow without FILE)")
-@setting_option("flow_steps", help="ODE steps of the CrossFlow draft")
-@setting_option("flow_guidance", help="classifier-free guidance scale of the CrossFlow draft")
-@setting_option("flow_temperature", help="spread of the CrossFlow draft's source (0 = its mean)")
-@setting_option("flow_candidates", help="CrossFlow drafts drawn per image; the one the model "
-                                        "scores best is refined")
-@click.option("--init-image", "init_image", type=click.Path(dir_okay=False),
-              help="start from this image")
-@setting_option("init_candidates", help="best-of-N mixture samples scored by the model")
-@setting_option("scales", show_default=False,
-                help="coarse-to-fine: optimise first at these sides (e.g. 16,32), then at --size")
-@setting_option("batch_size", help="images optimised together (same settings)")
-@setting_option("save_every", help="keep a frame every N steps and write a GIF beside the image")
-@click.option("--overwrite", is_flag=True, help="replace existing outputs")
-@click.option("--quiet", "-q", is_flag=True)
-def generate_cmd(prompt, prompts_file, negative, output, outdir, spec, device, recipe, overwrite,
-                 quiet, **values):
+@generation_options(GenerateConfig(), "clipag")
+def generate_cmd(**kwargs):
     """Make an image of PROMPT (or of every prompt in --prompts-file)."""
+    run_generation(**kwargs)
+
+
+@click.command(cls=Command)
+@generation_options(recipe_config("clipdraw"), "clipdraw")
+def draw_cmd(**kwargs):
+    """Draw PROMPT with vector strokes (CLIPDraw under the guide; PNG + SVG), or every prompt
+    in --prompts-file. The CLIPAG + CLIPDraw notebook's settings: 256 strokes, 1000 steps, 4
+    perspective views a step; any flag of `generate` applies."""
+    run_generation(**kwargs)
+
+
+def run_generation(prompt, prompts_file, negative, output, outdir, spec, device, recipe,
+                   overwrite, quiet, **values):
+    """The work of `generate` and `draw`: parse, plan, load, run."""
     began = time.time()
     ctx = click.get_current_context()
     if bool(prompt) == bool(prompts_file):

@@ -8,7 +8,7 @@ from clipag import __version__
 
 from .common import Group
 from .crossflow_cmd import crossflow
-from .generate_cmd import generate_cmd
+from .generate_cmd import draw_cmd, generate_cmd
 from .misc_cmd import bench, eval_cmd, init
 from .models_cmd import models_cmd
 from .robustify_cmd import robustify_cmd
@@ -22,6 +22,7 @@ def cli():
 
 
 cli.add_command(generate_cmd, "generate")
+cli.add_command(draw_cmd, "draw")
 cli.add_command(robustify_cmd, "robustify")
 cli.add_command(eval_cmd, "eval")
 cli.add_command(models_cmd, "models")

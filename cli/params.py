@@ -97,7 +97,36 @@ class Sides(IntList):
         super().__init__(8, 4096)
 
 
+class Reals(click.ParamType):
+    """`n` comma-separated finite numbers, each within the setting's range: `1,50`; a pair
+    must also rise (low <= high)."""
+
+    name = "numbers"
+
+    def __init__(self, setting: Setting, n: int):
+        self.setting, self.n = setting, n
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = [p for p in str(value).split(",")]
+        try:
+            items = tuple(number(p.strip()) for p in parts)
+        except click.BadParameter:
+            items = ()
+        if (len(items) != self.n or not all(self.setting.in_range(v) for v in items)
+                or (self.n == 2 and items[0] > items[1])):
+            what = "LOW,HIGH with LOW <= HIGH" if self.n == 2 else "R,G,B"
+            self.fail(f"{value!r} must be {what}, finite numbers {self.setting.bounds()}",
+                      param, ctx)
+        return items
+
+
 def click_type(setting: Setting):
+    if setting.kind == "pair":
+        return Reals(setting, 2)
+    if setting.kind == "triple":
+        return Reals(setting, 3)
     if setting.kind == "int":
         return Count(int(setting.low), int(setting.high))
     if setting.kind == "real":
@@ -112,13 +141,13 @@ ANCHOR_DEFAULT = f"{FLOW_ANCHOR:g} from a CrossFlow draft, else 0"
 ANCHOR_SIDE_DEFAULT = f"the draft's side, else {ANCHOR_SIDE}"
 
 
-def setting_option(name: str, *decls: str, show_default=True, **kwargs):
+def setting_option(name: str, *decls: str, show_default=True, base=None, run=None, **kwargs):
     """A click option for a declared setting: its type (range) from clipag.settings, its
-    default from GenerateConfig or RunConfig."""
+    default from `base` (a GenerateConfig, default GenerateConfig()) or `run` (a RunConfig)."""
     setting = SETTINGS[name]
-    default = config_default(setting) if setting.path else getattr(RunConfig(), name)
-    if setting.kind == "sides":
-        default = ",".join(map(str, default))
+    default = config_default(setting, base) if setting.path else getattr(run or RunConfig(), name)
+    if setting.kind in ("sides", "pair", "triple"):
+        default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
     flag = "--" + name.replace("_", "-")
     if setting.kind == "bool":
         return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=default,

@@ -18,6 +18,11 @@ translations, one resize factor for each batch of views (global and patch views 
 their own), a cutout square whose centre may fall near the border (so part of it is clipped
 off), and one noise image shared by an image's patch views, added before cropping, the crops
 clamped to [0, 1]. The colour jitter is the same in both styles.
+
+`style="clipdraw"` draws the views as CLIPDraw does (the CLIPAG + CLIPDraw notebook): each
+global view is a random perspective warp (distortion 0.5, white shown where the warp leaves
+the image), then a random resized crop of 70-90% of the area, at the model's input side; no
+noise, colour jitter or cutout. Patch views, if asked for, are crops as in the clipag style.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 from .errors import ClipagError
 
 
-VIEW_STYLES = ("clipag", "reference")
+VIEW_STYLES = ("clipag", "reference", "clipdraw")
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class ViewConfig:
     translate: float = 0.125
     scale: tuple[float, float] = (0.8, 1.2)
     cutout: float = 0.5  # side of the cutout square as a fraction of the view
-    style: str = "clipag"  # "clipag" or "reference" (the notebook's geometry, see the module)
+    style: str = "clipag"  # "clipag", "reference" or "clipdraw" (see the module)
 
     def with_jitter(self, strength: float) -> "ViewConfig":
         """The colour jitter scaled by `strength`: 1 is the reference (brightness U(-0.5, 0.5),
@@ -147,6 +152,9 @@ class Views(torch.nn.Module):
         side = cfg.patch_fraction  # only the reference style crops with kornia, as the notebook
         self.crop = K.RandomResizedCrop((size, size), scale=(side * side, side * side),
                                         ratio=(1.0, 1.0), p=1.0) if cfg.style == "reference" else None
+        if cfg.style == "clipdraw":
+            self.perspective = K.RandomPerspective(distortion_scale=0.5, p=1.0)
+            self.resized_crop = K.RandomResizedCrop((size, size), scale=(0.7, 0.9), p=1.0)
 
     def _augment(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Noise, colour jitter, the affine warp and the cutout, from the uniform numbers u
@@ -164,6 +172,8 @@ class Views(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.style == "reference":
             return self._reference(images)
+        if self.cfg.style == "clipdraw":
+            return self._clipdraw(images)
         cfg = self.cfg
         b = images.shape[0]
         n_patch = b * cfg.patch_views
@@ -202,6 +212,20 @@ class Views(torch.nn.Module):
             x = self.crop(x.repeat_interleave(cfg.patch_views, dim=0)).clamp(0, 1)
             patch_views = self._reference_augment(x)
         return global_views, patch_views
+
+    def _clipdraw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIPDraw's views: perspective (white fill), then a 70-90% resized crop."""
+        cfg = self.cfg
+        patch_views = images.new_zeros(0, 3, self.size, self.size)
+        if cfg.patch_views:
+            u = torch.rand(images.shape[0] * cfg.patch_views, 2, device=images.device)
+            patch_views = random_crop(images.repeat_interleave(cfg.patch_views, dim=0), u,
+                                      cfg.patch_fraction, self.size)
+        if not cfg.global_views:
+            return images.new_zeros(0, 3, self.size, self.size), patch_views
+        x = images.repeat_interleave(cfg.global_views, dim=0)
+        x = 1 - self.perspective(1 - x)  # zeros shifted in are white
+        return self.resized_crop(x), patch_views
 
     def _reference_augment(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ClipagError
+from .fileio import write_text_atomic
+from .canvas import CANVASES
 from .generate import (ANCHOR_SIDE, FLOW_ANCHOR, GenerateConfig, Generation, StepInfo, generate,
-                       with_recommended)
+                       resolved, with_recommended)
 from .load import ModelSpec
 from .models import DEFAULT_PRESET, PRESETS, Guide
 from .output import (companions, image_format, read_sidecar, save_gif, save_image, save_sidecar,
@@ -114,6 +116,13 @@ def task_key(prompt: str, negatives: Sequence[str], negative_weight: float, seed
     settings = dataclasses.asdict(config)
     for name in NOT_IN_KEY:
         settings.pop(name, None)
+    # settings added with the canvases are in the key only where they differ from what every
+    # image was before them, so that earlier pixel images still count as finished
+    settings.pop("canvas")
+    if config.canvas.name != "pixels":
+        settings["canvas"] = config.canvas.active()
+    if config.keep == "best":
+        settings.pop("keep")
     if config.anchor is None or config.anchor_side is None:
         # what an unset anchor becomes (generate.for_start): a new default is a new task
         settings["anchor_auto"] = [FLOW_ANCHOR, ANCHOR_SIDE]
@@ -122,6 +131,25 @@ def task_key(prompt: str, negatives: Sequence[str], negative_weight: float, seed
                 "settings": settings, "model": model}
     text = json.dumps(identity, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def suffixes(config: GenerateConfig) -> tuple[str, ...]:
+    """The extra files a task's canvas writes beside its image (".svg" for strokes)."""
+    return CANVASES[config.canvas.name].suffixes
+
+
+def output_name(path: Path, config: GenerateConfig) -> Path:
+    """The image an `--output` names: itself, or for a canvas that writes an SVG, `-o X.svg`
+    names X.png (both are written)."""
+    if path.suffix.lower() == ".svg" and ".svg" in suffixes(config):
+        return path.with_suffix(".png")
+    if path.suffix.lower() == ".svg":
+        raise ClipagError(f"cannot write {path}: only the strokes canvas writes SVG "
+                          f"(this run's canvas is {config.canvas.name})")
+    if ".svg" in suffixes(config) and image_format(path) != "PNG":
+        raise ClipagError(f"cannot write {path}: the {config.canvas.name} canvas writes a PNG "
+                          "and an SVG; name the output .png or .svg")
+    return path
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -137,6 +165,7 @@ def job_config(config: GenerateConfig, job: Job, recommended: Sequence[tuple[str
     config, changed = with_recommended(config, recommended, set(explicit) | line_fields)
     try:
         config.check()
+        config = resolved(config)
         if config.init_image and not Path(config.init_image).is_file():
             raise ClipagError(f"init image not found: {config.init_image}")
     except ClipagError as exc:
@@ -166,7 +195,7 @@ def plan(jobs: list[Job], config: GenerateConfig, run: RunConfig, model: dict[st
             seed = base_seed + s
             key = task_key(job.prompt, job_negatives, weight, seed, cfg, model)
             if output is not None:
-                names = (output,)
+                names = (output_name(output, cfg),)
             else:
                 stem = f"{j:04d}-{slug(job.prompt)}-s{seed}"
                 names = (outdir / f"{stem}.png", outdir / f"{stem}-{key[:8]}.png")
@@ -174,11 +203,13 @@ def plan(jobs: list[Job], config: GenerateConfig, run: RunConfig, model: dict[st
     if output is not None:
         if len(tasks) > 1:
             raise ClipagError("--output names one file; use --outdir for several images")
+        output = tasks[0].png
         image_format(output)
         if output.exists() and output.is_dir():
             raise ClipagError(f"--output {output} is a folder")
         if not run.overwrite:
-            for path in companions(output, frames=bool(tasks[0].config.save_every)):
+            for path in companions(output, frames=bool(tasks[0].config.save_every),
+                                   extra=suffixes(tasks[0].config)):
                 if path.exists():
                     raise ClipagError(f"{path} exists; pass --overwrite to replace it")
     return tasks, changed
@@ -423,7 +454,7 @@ def release(claims: list[Claim]) -> None:
         c.lock.release()
 
 
-_PART = re.compile(r"^\.(?P<name>.+\.(?:png|json|gif|jpe?g|webp))\.[A-Za-z0-9_]{8}\.part$")
+_PART = re.compile(r"^\.(?P<name>.+\.(?:png|json|gif|svg|jpe?g|webp))\.[A-Za-z0-9_]{8}\.part$")
 _ASIDE = re.compile(r"^\..+\.lock\.\d+\.[0-9a-f]{8}\.stale$")
 
 
@@ -484,6 +515,9 @@ def run_batch(guide: Guide, claims: list[Claim], model_info: dict[str, Any],
             if result.frames:
                 path = c.png.with_suffix(".gif")
                 save_gif(path, [f[b] for f in result.frames] + [result.images[b]])
+            for suffix, text in (result.files[b] if result.files else {}).items():
+                path = c.png.with_suffix(suffix)
+                write_text_atomic(path, text)
             path = c.png.with_suffix(".json")
             save_sidecar(path, meta)
             path = c.png

@@ -1,10 +1,8 @@
-"""The CLIPAG generator: optimise pixels so that many augmented views of the image match the
-prompt under a (robust) CLIP.
-
-`generate` is the one entry point: prompts in, best images, frames and JSON-ready records out.
-All views of all images in a batch are drawn at once and go through the model as one batch
-(or `view_batch` at a time, with the same gradient); text embeddings are computed once; the
-step loop makes no host-device sync except when logging or saving frames.
+"""The CLIPAG generator: prompts in, images out. `generate` is the one entry point: it checks
+the settings, parses and encodes the prompts once, draws the start, builds the canvas the
+settings name (pixels, pyramid, fourier, strokes: clipag.canvas) and hands it to the one loop
+(clipag.optimise), then returns the kept images, frames, each canvas's extra files (an SVG for
+strokes) and JSON-ready records.
 """
 
 from __future__ import annotations
@@ -15,15 +13,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-import kornia
 import torch
 
-from .augment import VIEW_STYLES, ViewConfig, Views
+from .augment import VIEW_STYLES, ViewConfig
+from .canvas import CANVASES, CanvasConfig, build, dynamic_threshold
+from .canvas.config import CANVAS_NAMES, DEFAULT_LR
 from .errors import ClipagError
 from .flow.crossflow import FlowInit
 from .init import (InitSource, check_init, init_name, init_source, initial_images,
-                   SampleConfig, upsample)
+                   SampleConfig)
 from .models import Guide
+from .optimise import (ANCHOR_SIDE, Result, StepInfo, drift, guide_score, layout, optimise,
+                       penalty, smoothness, stage_plan, step_gradient, view_rows)
 from .prompts import WeightedPrompt, parse_prompt, with_negatives
 from .targets import Targets, encode_targets, similarity, weighted_distance
 
@@ -31,7 +32,8 @@ __all__ = ["GenerateConfig", "Generation", "Start", "StepInfo", "Result", "gener
            "optimise", "step_gradient", "view_rows", "guide_score", "with_recommended",
            "with_setting", "for_start", "encode_targets", "similarity",
            "weighted_distance", "Targets", "check_init", "init_source", "initial_images",
-           "InitSource"]
+           "InitSource", "dynamic_threshold", "smoothness", "layout", "drift", "penalty",
+           "stage_plan", "resolved"]
 
 # The trust region's weight from a CrossFlow draft (--anchor) and its grid side from other
 # starts (--anchor-side). 25 / 50 refiner steps at world-robust's settings, 3 seeds, colour
@@ -40,7 +42,6 @@ __all__ = ["GenerateConfig", "Generation", "Start", "StepInfo", "Result", "gener
 # 0.82 / 0.85, 0.58 / 0.53; W 1000 0.80 / 0.81, 0.58 / 0.59; none 0.72 / 0.83, 0.47 / 0.39
 # (seeds 0, 1) (rows I73, I80, I82, I83 of docs/experiments.md)
 FLOW_ANCHOR = 100.0
-ANCHOR_SIDE = 16
 
 # the flag that sets a setting, where it is not `--` + the name with dashes
 FLAGS = {"tv_weight": "--tv", "global_views": "--views", "flow.steps": "--flow-steps",
@@ -53,8 +54,8 @@ FLAGS = {"tv_weight": "--tv", "global_views": "--views", "flow.steps": "--flow-s
 class GenerateConfig:
     size: int | None = None  # output side; default: the model's input size
     steps: int = 100
-    lr: float = 0.0175
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay on the pixels (0 = off)
+    lr: float | None = None  # the canvas's main learning rate; None: its default (DEFAULT_LR)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay on that group (0 = off)
     grad_clip: float = 0.001  # per-image gradient-norm clip (0 = off)
     global_weight: float = 1.0
     patch_weight: float = 5.0
@@ -76,6 +77,12 @@ class GenerateConfig:
     log_every: int = 10
     amp: bool = True
     view_batch: int = 0  # views per model pass (0 = all views of a step in one pass)
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)  # what represents the image
+    keep: str = "best"  # the image kept: "best" (lowest loss seen) or "last"
+
+    @property
+    def learning_rate(self) -> float:
+        return DEFAULT_LR[self.canvas.name] if self.lr is None else self.lr
 
     def validate(self, guide: Guide) -> int:
         """Check the settings against the model; return the output side."""
@@ -100,7 +107,8 @@ class GenerateConfig:
             _whole("size", self.size, 0)
             check_size(self.size)
         _whole("steps", self.steps, 1)
-        _real("lr", self.lr, "> 0", lambda v: v > 0)
+        if self.lr is not None:
+            _real("lr", self.lr, "> 0", lambda v: v > 0)
         for name in ("weight_decay", "grad_clip", "global_weight", "patch_weight", "tv_weight"):
             _real(name, getattr(self, name), ">= 0", lambda v: v >= 0)
         if self.anchor is not None:
@@ -129,6 +137,9 @@ class GenerateConfig:
         _real("flow.guidance", self.flow.guidance, ">= 0", lambda v: v >= 0)
         _real("flow.temperature", self.flow.temperature, ">= 0", lambda v: v >= 0)
         _whole("flow.candidates", self.flow.candidates, 1)
+        if self.keep not in ("best", "last"):
+            raise ClipagError(f"--keep must be best or last, got {self.keep!r}")
+        _check_canvas(self)
         check_init(self.init)
         if self.init.startswith("crossflow"):
             self.flow.validate()
@@ -187,86 +198,45 @@ def _check_views(views: ViewConfig) -> None:
                           f"got {views.style!r}")
 
 
+def _check_canvas(config: "GenerateConfig") -> None:
+    canvas = config.canvas
+    if not isinstance(canvas, CanvasConfig) or canvas.name not in CANVAS_NAMES:
+        name = getattr(canvas, "name", canvas)
+        raise ClipagError(f"unknown canvas {name!r}: use one of {', '.join(CANVAS_NAMES)}")
+    kind = CANVASES[canvas.name]
+    if config.scales and not kind.multiscale:
+        raise ClipagError(f"--scales (coarse-to-fine stages) work on the pixels canvas only, "
+                          f"not {canvas.name}")
+    if config.init_image and not kind.from_images:
+        raise ClipagError(f"the {canvas.name} canvas cannot start from an image "
+                          "(--init-image); it draws its own start from the seed")
+    if canvas.name == "strokes":
+        s = canvas.strokes
+        _whole("strokes", s.count, 1)
+        if s.count > 100_000:
+            raise ClipagError(f"--strokes must be <= 100000, got {s.count}")
+        _whole("segments", s.max_segments, 1)
+        if s.max_segments > 16:
+            raise ClipagError(f"--segments must be <= 16, got {s.max_segments}")
+        _pair("stroke_width", s.width, "> 0", lambda v: v > 0)
+        _real("start_width", s.start_width, "> 0", lambda v: v > 0)
+        _real("reach", s.reach, "in [0, 1]", lambda v: 0 <= v <= 1)
+        _real("width_lr", s.width_lr, ">= 0", lambda v: v >= 0)
+        _real("color_lr", s.color_lr, ">= 0", lambda v: v >= 0)
+        if not isinstance(s.background, (tuple, list)) or len(s.background) != 3:
+            raise ClipagError(f"--background must be three numbers r,g,b, got {s.background!r}")
+        for v in s.background:
+            _real("background", v, "in [0, 1]", lambda v: 0 <= v <= 1)
+        _whole("curve_samples", s.samples, 2)
+    elif canvas.name == "pyramid":
+        _whole("levels", canvas.pyramid.levels, 1)
+    elif canvas.name == "fourier":
+        _real("decay", canvas.fourier.decay, "in [0, 4]", lambda v: 0 <= v <= 4)
+
+
 def check_size(size: int) -> None:
     if size < 8 or size > 4096:
         raise ClipagError(f"impossible size {size}: use 8..4096 pixels")
-
-
-def dynamic_threshold(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Imagen's dynamic thresholding on images in [0, 1] (mapped to [-1, 1] and back);
-    p = 0 is a plain clamp."""
-    if not p:
-        return x.clamp(0, 1)
-    y = x * 2 - 1
-    s = torch.quantile(y.abs().flatten(1), p, dim=1).clamp_min(1.0).view(-1, 1, 1, 1)
-    return ((y.clamp(-s, s) / s) + 1) / 2
-
-
-@dataclass
-class StepInfo:
-    step: int
-    loss: torch.Tensor  # (B,) global-view loss at this step
-    best: torch.Tensor  # (B,)
-
-
-@dataclass
-class Result:
-    images: torch.Tensor  # (B, 3, H, W) the best images seen, in [0, 1], on the CPU
-    best_loss: list[float]
-    score: list[float]  # guide cosine similarity of the best image to its positive prompts
-    frames: list[torch.Tensor]  # (B, 3, H, W) snapshots every `save_every` steps
-
-
-def smoothness(pixels: torch.Tensor, wrap: bool = False) -> torch.Tensor:
-    """Per-image total variation: mean absolute difference between neighbouring pixels. With
-    `wrap` the last row and column neighbour the first (the image as a torus), so a shape's
-    outline costs the same wherever it is: without it, a shape in a corner pays for two sides
-    of its outline and one in the middle for four."""
-    if not wrap:
-        return kornia.losses.total_variation(pixels, reduction="mean").mean(dim=1)
-    rows = (pixels - pixels.roll(1, dims=-2)).abs().flatten(-2).mean(-1)
-    cols = (pixels - pixels.roll(1, dims=-1)).abs().flatten(-2).mean(-1)
-    return (rows + cols).mean(dim=1)
-
-
-def layout(pixels: torch.Tensor, side: int) -> torch.Tensor:
-    """(B, C, s, s) the images' averages over a grid of at most `side` x `side` cells: where
-    things are and what colour, without their detail."""
-    if pixels.shape[-1] <= side:
-        return pixels
-    return torch.nn.functional.interpolate(pixels, size=(side, side), mode="area")
-
-
-def drift(pixels: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """(B,) mean squared difference between the images' layout and `anchor`'s (B, C, s, s),
-    compared at the coarser of the two sides."""
-    side = min(pixels.shape[-1], anchor.shape[-1])
-    return (layout(pixels, side) - layout(anchor, side)).pow(2).flatten(1).mean(1)
-
-
-def penalty(pixels: torch.Tensor, config: GenerateConfig, anchor: torch.Tensor | None
-            ) -> torch.Tensor | None:
-    """(B,) the pixel penalties of a step (smoothness, distance from the start's layout), or
-    None when both are off."""
-    terms = []
-    if config.tv_weight:
-        terms.append(config.tv_weight * smoothness(pixels, config.tv_wrap))
-    if config.anchor and anchor is not None:
-        terms.append(config.anchor * drift(pixels, anchor))
-    return sum(terms) if terms else None
-
-
-def _clip_per_image(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
-    norms = grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-    return grad * (max_norm / (norms + 1e-12)).clamp(max=1.0)
-
-
-def stage_plan(size: int, scales: tuple[int, ...], steps: int) -> list[tuple[int, int]]:
-    """(side, steps) per stage, coarse to fine; the steps split evenly, the last stage takes
-    the remainder."""
-    sides = (*scales, size)
-    each = steps // len(sides)
-    return [(side, each) for side in sides[:-1]] + [(size, steps - each * (len(sides) - 1))]
 
 
 def for_start(config: GenerateConfig, source: InitSource) -> GenerateConfig:
@@ -290,170 +260,13 @@ def for_start(config: GenerateConfig, source: InitSource) -> GenerateConfig:
     return dataclasses.replace(config, **changes) if changes else config
 
 
-def optimise(guide: Guide, targets: Targets, start: torch.Tensor, config: GenerateConfig,
-             on_step: Callable[[StepInfo], None] | None = None) -> Result:
-    """Run the pixel optimisation from `start` (B, 3, H, W) in [0, 1]; with `config.scales`,
-    coarse to fine: each stage starts from the previous stage's best image, upsampled.
-
-    The smoothness penalty is a mean over pixels, so at side s it charges a shape's outline
-    size/s times what it charges at the output side; `tv_by_side` weights it s/size at each
-    stage, so an outline costs the same at every stage.
-
-    With `config.anchor`, every stage is also charged for moving the layout (the average over
-    an `anchor_side` grid) away from `start`'s: a trust region around the start image, so
-    that the refiner adds detail to a draft's shapes instead of repainting them. (None is
-    off here; `generate` first resolves it from the start, see `for_start`.)"""
-    size = start.shape[-1]
-    anchor = layout(start, config.anchor_side or ANCHOR_SIDE).detach() if config.anchor else None
-    if not config.scales:
-        return _optimise_stage(guide, targets, start, config, on_step, anchor=anchor)
-    frames, done, result = [], 0, None
-    image = start
-    for side, steps in stage_plan(size, config.scales, config.steps):
-        image = upsample(image, side) if side > image.shape[-1] else \
-            torch.nn.functional.interpolate(image, size=(side, side), mode="area")
-
-        def shifted(info: StepInfo, done=done) -> None:
-            if on_step:
-                on_step(StepInfo(info.step + done, info.loss, info.best))
-
-        tv = config.tv_weight * side / size if config.tv_by_side else config.tv_weight
-        stage = dataclasses.replace(config, steps=steps, scales=(), tv_weight=tv)
-        result = _optimise_stage(guide, targets, image, stage, shifted, first_step=done,
-                                 anchor=anchor)
-        frames += [upsample(f, size) if f.shape[-1] != size else f for f in result.frames]
-        image, done = result.images, done + steps
-    return Result(result.images, result.best_loss, result.score, frames)
-
-
-def _optimise_stage(guide: Guide, targets: Targets, start: torch.Tensor, config: GenerateConfig,
-                    on_step: Callable[[StepInfo], None] | None = None, first_step: int = 0,
-                    anchor: torch.Tensor | None = None) -> Result:
-    device = guide.device
-    guide.model.requires_grad_(False)
-    views = Views(guide.image_size, config.views).to(device)
-    # contiguous, so that the gradient (and its nan_to_num copy) has the pixels' layout, as
-    # the fused AdamW update assumes
-    pixels = start.detach().to(device).clone(memory_format=torch.contiguous_format)
-    pixels.requires_grad_(True)
-    # fused: one kernel for the update on CUDA, where the step is bound by launches (row G2)
-    optimizer = torch.optim.AdamW([pixels], lr=config.lr, weight_decay=config.weight_decay,
-                                  fused=device.type == "cuda")
-    b = pixels.shape[0]
-    best = pixels.detach().clone()
-    best_loss = torch.full((b,), float("inf"), device=device)
-    frames = []
-    n_global = config.views.global_views
-    use_amp = config.amp and device.type == "cuda"
-    rows = view_rows(b, config, device)
-    # the start's layout at this stage's side, once, where the stage is coarser than the grid
-    anchor = layout(anchor.to(device), start.shape[-1]) if anchor is not None else None
-    for step in range(1, config.steps + 1):
-        optimizer.zero_grad(set_to_none=True)
-        loss_g, loss_p = step_gradient(guide, views, pixels, targets, config, rows, use_amp,
-                                       anchor)
-        # a non-finite gradient (an fp16 overflow, a NaN from the model) moves nothing, rather
-        # than turning the pixels into NaN for the rest of the run
-        pixels.grad = torch.nan_to_num(pixels.grad, nan=0.0, posinf=0.0, neginf=0.0)
-        if config.grad_clip:
-            pixels.grad = _clip_per_image(pixels.grad, config.grad_clip)
-        tracked = (loss_g if n_global else loss_p).detach()
-        improved = tracked < best_loss  # a NaN step never counts as an improvement
-        best = torch.where(improved.view(-1, 1, 1, 1), pixels.detach(), best)
-        best_loss = torch.fmin(best_loss, tracked)
-        optimizer.step()
-        with torch.no_grad():
-            pixels.copy_(dynamic_threshold(pixels, config.threshold))
-        if config.save_every and (first_step + step) % config.save_every == 0:
-            frames.append(pixels.detach().cpu().clone())
-        if on_step and ((first_step + step) % config.log_every == 0 or step == config.steps):
-            on_step(StepInfo(step, tracked, best_loss))
-    score = guide_score(guide, best, targets)
-    return Result(best.cpu(), best_loss.tolist(), score.tolist(), frames)
-
-
-def guide_score(guide: Guide, images: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """(B,) the guide's weighted cosine similarity of images (B, 3, H, W) to their prompts."""
-    with torch.no_grad():
-        x = images.to(guide.device)
-        x = upsample(x, guide.image_size) if x.shape[-1] != guide.image_size else x
-        return similarity(guide.encode_images(x), targets)
-
-
-def view_rows(b: int, config: GenerateConfig, device: torch.device
-              ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """None when a step's B * (G + P) views go through the model in one pass; else, for each
-    row of the view batch (global views image by image, then patch views), the image it shows
-    and its share of the loss (global_weight / G or patch_weight / P), so that the sum over
-    rows of share * distance is the unchunked loss."""
-    n_global, n_patch = config.views.global_views, config.views.patch_views
-    if not 0 < config.view_batch < b * (n_global + n_patch):
-        return None
-    owner = torch.cat([torch.arange(b).repeat_interleave(n_global),
-                       torch.arange(b).repeat_interleave(n_patch)])
-    share = torch.cat([torch.full((b * n_global,), config.global_weight / max(n_global, 1)),
-                       torch.full((b * n_patch,), config.patch_weight / max(n_patch, 1))])
-    return owner.to(device), share.to(device)
-
-
-def step_gradient(guide: Guide, views: Views, pixels: torch.Tensor, targets: Targets,
-                  config: GenerateConfig, rows: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  use_amp: bool = False, anchor: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one step's views of `pixels` (B, 3, H, W), leaf) and accumulate the loss's
-    gradient into `pixels.grad`; return the per-image global and patch losses (B,), detached.
-
-    With `rows` (from `view_rows`), the views go through the model `config.view_batch` at a
-    time: all views are still drawn at once (the same randomness as one pass), each chunk's
-    loss is its share of the full loss and its gradient is carried back to the views, then
-    through the augmentations to the pixels in one pass, with the pixel penalties (`penalty`:
-    smoothness, and the distance from `anchor`, the start's layout) added once."""
-    device, b = pixels.device, pixels.shape[0]
-    n_global, n_patch = config.views.global_views, config.views.patch_views
-    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-        global_views, patch_views = views(pixels)
-        batch = torch.cat([global_views, patch_views])
-        if rows is None:
-            emb = guide.encode_images(batch)
-    if rows is None:
-        dim = emb.shape[-1]
-        emb_g = emb[:b * n_global].view(b, n_global, dim)
-        emb_p = emb[b * n_global:].view(b, n_patch, dim)
-        loss_g = weighted_distance(emb_g, targets) if n_global else torch.zeros(b, device=device)
-        loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
-        loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()
-        extra = penalty(pixels, config, anchor)
-        if extra is not None:
-            loss = loss + extra.sum()
-        loss.backward()
-        return loss_g.detach(), loss_p.detach()
-    owner, share = rows
-    leaf = batch.detach().requires_grad_(True)
-    distances = []
-    for i in range(0, len(leaf), config.view_batch):
-        part = slice(i, i + config.view_batch)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            emb = guide.encode_images(leaf[part])
-        d = weighted_distance(emb[:, None], targets.select(owner[part]))
-        (share[part] * d).sum().backward()
-        distances.append(d.detach())
-    outputs, grads = [batch], [leaf.grad]
-    extra = penalty(pixels, config, anchor)
-    if extra is not None:
-        outputs.append(extra.sum())
-        grads.append(None)
-    torch.autograd.backward(outputs, grads)
-    d = torch.cat(distances)
-    loss_g = d[:b * n_global].view(b, n_global).mean(1) if n_global else torch.zeros(b, device=device)
-    loss_p = d[b * n_global:].view(b, n_patch).mean(1) if n_patch else torch.zeros(b, device=device)
-    return loss_g, loss_p
-
-
 @dataclass
 class Generation:
-    images: torch.Tensor  # (B, 3, H, W) the best images in [0, 1], on the CPU
+    images: torch.Tensor  # (B, 3, H, W) the kept images in [0, 1], on the CPU
     frames: list[torch.Tensor]  # snapshots every `config.save_every` steps, each (B, 3, H, W)
     records: list[dict]  # per image, JSON-ready: prompt, parsed, negatives, seed, size, ...
+    files: list[dict[str, str]] = field(default_factory=list)  # per image, the canvas's extra
+    # files by suffix ({".svg": text} for strokes)
 
 
 @dataclass
@@ -466,7 +279,8 @@ class Start:
     parsed: list[list[WeightedPrompt]]  # each prompt's weighted parts, negatives included
     targets: Targets
     source: InitSource
-    images: torch.Tensor  # (B, 3, size, size) on the guide's device
+    images: torch.Tensor | None  # (B, 3, size, size) on the guide's device; None for a
+    # canvas that draws its own start (strokes)
 
 
 def prepare(prompts: Sequence[str], model: Guide, config: GenerateConfig = GenerateConfig(),
@@ -491,6 +305,8 @@ def prepare(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gener
     parsed = [with_negatives(parse_prompt(p), n, negative_weight)
               for p, n in zip(prompts, per_prompt)]
     targets = encode_targets(model, parsed)
+    if not CANVASES[config.canvas.name].from_images:
+        return Start(size, seeds, per_prompt, parsed, targets, None, None)
     source = init_source(config, model) if isinstance(source, str) else source
     images = initial_images(model, targets, config, size, seeds, source, parsed)
     return Start(size, seeds, per_prompt, parsed, targets, source, images)
@@ -529,15 +345,18 @@ def generate(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gene
     (bit for bit on the CPU). `negatives` is one list for all prompts or one per prompt, each
     text pushed away with weight -`negative_weight`. `source`: see `prepare`."""
     began = time.perf_counter()
+    config = resolved(config)
     start = prepare(prompts, model, config, seeds, negatives, negative_weight, source=source)
     config = for_start(config, start.source)
+    canvas = build(config, start.images, start.seeds, start.size, model.device)
     torch.manual_seed(start.seeds[0])  # the augmentations' randomness
-    result = optimise(model, start.targets, start.images, config, on_step)
+    result = optimise(model, start.targets, canvas, config, on_step)
     seconds = (time.perf_counter() - began) / len(start.seeds)
     settings = _jsonable(dataclasses.asdict(config))
-    init = init_name(config, start.source)
-    records = []
+    init = init_name(config, start.source) if canvas.from_images else f"{canvas.name} (from the seed)"
+    records, files = [], []
     for b, prompt in enumerate(prompts if not isinstance(prompts, str) else [prompts]):
+        files.append(canvas.files(b, prompt))
         records.append({
             "prompt": prompt, "parsed": [dataclasses.asdict(p) for p in start.parsed[b]],
             "negatives": start.negatives[b], "seed": start.seeds[b], "size": start.size,
@@ -545,7 +364,14 @@ def generate(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gene
             "batch": len(start.seeds), "best_loss": _finite(result.best_loss[b]),
             "score": _finite(result.score[b]), "seconds": round(seconds, 3),
             "device": str(model.device), "torch": torch.__version__})
-    return Generation(result.images, result.frames, records)
+    return Generation(result.images, result.frames, records, files)
+
+
+def resolved(config: GenerateConfig) -> GenerateConfig:
+    """`config` with what its canvas decides filled in: the learning rate."""
+    if config.lr is None:
+        return dataclasses.replace(config, lr=config.learning_rate)
+    return config
 
 
 def _finite(value: float) -> float | None:
@@ -561,7 +387,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-GENERATE_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerateConfig)) - {"views", "flow"}
+GENERATE_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerateConfig)) - {"views", "flow",
+                                                                                 "canvas"}
 VIEW_FIELDS = frozenset(f.name for f in dataclasses.fields(ViewConfig))
 
 
@@ -588,7 +415,8 @@ def with_recommended(config: GenerateConfig, recommended: Iterable[tuple[str, An
         if key in explicit:
             continue
         value = tuple(value) if isinstance(value, list) else value
-        if key == "scales" and config.steps <= len(value):
+        if key == "scales" and (config.steps <= len(value)
+                                or not CANVASES[config.canvas.name].multiscale):
             continue
         new = with_setting(config, key, value)
         if new != config:

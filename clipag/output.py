@@ -28,11 +28,13 @@ def image_format(path: Path) -> str:
     return fmt
 
 
-def companions(path: Path, frames: bool = True) -> list[Path]:
-    """The files an output writes: its sidecar, its GIF (with frames) and the image itself,
-    in the order they are written."""
+def companions(path: Path, frames: bool = True, extra: tuple[str, ...] = (".svg",)) -> list[Path]:
+    """The files an output writes: its sidecar, its GIF (with frames), its canvas's extra
+    files (`extra` suffixes: an SVG for strokes) and the image itself, in the order they are
+    written."""
     path = Path(path)
-    return [path.with_suffix(".json"), *([path.with_suffix(".gif")] if frames else []), path]
+    return [path.with_suffix(".json"), *([path.with_suffix(".gif")] if frames else []),
+            *(path.with_suffix(s) for s in extra), path]
 
 
 def finite_json(value: Any, where: str = "") -> tuple[Any, list[str]]:

@@ -6,6 +6,13 @@
   + 32 patch views, its view geometry (ViewConfig style "reference"), AdamW with torch's
   default weight decay 0.01, no smoothness penalty, one scale; a preset's recommended
   settings are not applied.
+- `clipdraw`: the CLIPAG + CLIPDraw notebook (royg27/CLIPAG, kvfrans/clipdraw): the strokes
+  canvas (256 strokes of 1-3 segments, widths clamped to [1, 50]), 224 px, 1000 steps, Adam on
+  points (lr 1.0, 0.4 from half the run, 0.1 from three quarters), widths (0.1) and colours
+  (0.01), 4 views a step (perspective, then a 70-90% resized crop), no gradient clipping, the
+  last image kept, negatives at weight 0.3; a preset's recommended settings are not applied.
+  One difference, on purpose: the views are normalised with the model's mean and std, as every
+  clipag guide is (the original code feeds CLIP unnormalised images unless told otherwise).
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ from __future__ import annotations
 import dataclasses
 
 from .augment import ViewConfig
+from .canvas.config import CanvasConfig
 from .errors import ClipagError
 from .generate import GenerateConfig
 
-RECIPES = ("clipag", "reference")
+RECIPES = ("clipag", "reference", "clipdraw")
 
 
 def recipe_config(name: str) -> GenerateConfig:
@@ -26,9 +34,20 @@ def recipe_config(name: str) -> GenerateConfig:
     if name == "reference":
         return dataclasses.replace(GenerateConfig(), weight_decay=0.01, tv_weight=0.0,
                                    scales=(), views=ViewConfig(style="reference"))
+    if name == "clipdraw":
+        return GenerateConfig(size=224, steps=1000, grad_clip=0.0, patch_weight=0.0,
+                              keep="last", canvas=CanvasConfig(name="strokes"),
+                              views=ViewConfig(global_views=4, patch_views=0, style="clipdraw"))
     raise ClipagError(f"unknown recipe {name!r}: use one of {', '.join(RECIPES)}")
+
+
+def recipe_run(name: str):
+    """The run-level settings a recipe starts from (clipdraw weighs negatives 0.3)."""
+    from .batch import RunConfig
+
+    return RunConfig(negative_weight=0.3) if name == "clipdraw" else RunConfig()
 
 
 def uses_recommended(name: str) -> bool:
     """Whether a preset's recommended settings apply under this recipe."""
-    return name != "reference"
+    return name == "clipag"

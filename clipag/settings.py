@@ -24,7 +24,7 @@ class Setting:
 
     name: str  # the flag without its dashes, with underscores: "patch_views", "tv"
     path: tuple[str, ...]
-    kind: str  # "int", "real", "sides", "text", "bool", "pair", "texts"
+    kind: str  # "int", "real", "sides", "text", "bool", "pair", "triple", "texts"
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -53,7 +53,7 @@ def _s(name, path, kind, low=None, high=None, **kw) -> Setting:
 SETTINGS: dict[str, Setting] = {s.name: s for s in [
     _s("size", ["size"], "int", 8, 4096, optional=True),
     _s("steps", ["steps"], "int", 1, 1_000_000),
-    _s("lr", ["lr"], "real", 0, 10, low_open=True),
+    _s("lr", ["lr"], "real", 0, 10, low_open=True, optional=True),
     _s("weight_decay", ["weight_decay"], "real", 0, 100),
     _s("grad_clip", ["grad_clip"], "real", 0, 1000),
     _s("global_weight", ["global_weight"], "real", 0, 1000),
@@ -88,6 +88,20 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     _s("log_every", ["log_every"], "int", 1, 1_000_000, flag=False),
     _s("amp", ["amp"], "bool", flag=False),
     _s("view_batch", ["view_batch"], "int", 0, 65536),
+    _s("keep", ["keep"], "text"),
+    # the canvas and each canvas's own settings (clipag.canvas.config)
+    _s("canvas", ["canvas", "name"], "text"),
+    _s("strokes", ["canvas", "strokes", "count"], "int", 1, 100_000),
+    _s("segments", ["canvas", "strokes", "max_segments"], "int", 1, 16),
+    _s("stroke_width", ["canvas", "strokes", "width"], "pair", 0, 1000, low_open=True),
+    _s("start_width", ["canvas", "strokes", "start_width"], "real", 0, 1000, low_open=True),
+    _s("reach", ["canvas", "strokes", "reach"], "real", 0, 1),
+    _s("width_lr", ["canvas", "strokes", "width_lr"], "real", 0, 100),
+    _s("color_lr", ["canvas", "strokes", "color_lr"], "real", 0, 100),
+    _s("background", ["canvas", "strokes", "background"], "triple", 0, 1),
+    _s("curve_samples", ["canvas", "strokes", "samples"], "int", 2, 256),
+    _s("levels", ["canvas", "pyramid", "levels"], "int", 1, 16),
+    _s("decay", ["canvas", "fourier", "decay"], "real", 0, 4),
     # run level (batch.RunConfig); a prompts-file line may set seed, samples and negative
     _s("seed", [], "int", 0, SEED_MAX),
     _s("samples", [], "int", 1, 100_000),
@@ -146,6 +160,12 @@ def coerce(setting: Setting, value: Any) -> Any:
             raise ValueError(f"must be [low, high], two finite numbers {setting.bounds()} "
                              f"with low <= high, got {value!r}")
         return (float(value[0]), float(value[1]))
+    if kind == "triple":
+        if (not isinstance(value, list) or len(value) != 3
+                or not all(_is_number(v) and setting.in_range(float(v)) for v in value)):
+            raise ValueError(f"must be [r, g, b], three finite numbers {setting.bounds()}, "
+                             f"got {value!r}")
+        return tuple(float(v) for v in value)
     if kind == "sides":
         if not isinstance(value, list) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and setting.in_range(v)
@@ -172,23 +192,21 @@ def coerce(setting: Setting, value: Any) -> Any:
 def apply(config: GenerateConfig, values: dict[str, Any]) -> GenerateConfig:
     """`config` with checked settings (keyed by Setting.name) applied; jitter first, so that
     explicit brightness/saturation/contrast values override it."""
-    views, flow, top = config.views, config.flow, {}
     if "jitter" in values:
-        views = views.with_jitter(values["jitter"])
-    view_fields, flow_fields = {}, {}
+        config = dataclasses.replace(config, views=config.views.with_jitter(values["jitter"]))
     for name, value in values.items():
         path = SETTINGS[name].path
-        if not path or path[-1] == "*jitter":
-            continue
-        if path[0] == "views":
-            view_fields[path[1]] = value
-        elif path[0] == "flow":
-            flow_fields[path[1]] = value
-        else:
-            top[path[0]] = value
-    views = dataclasses.replace(views, **view_fields)
-    flow = dataclasses.replace(flow, **flow_fields)
-    return dataclasses.replace(config, views=views, flow=flow, **top)
+        if path and path[-1] != "*jitter":
+            config = _replace_at(config, path, value)
+    return config
+
+
+def _replace_at(obj: Any, path: tuple[str, ...], value: Any) -> Any:
+    """A frozen dataclass with the field at `path` (nested) replaced."""
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    inner = _replace_at(getattr(obj, path[0]), path[1:], value)
+    return dataclasses.replace(obj, **{path[0]: inner})
 
 
 def line_settings(row: dict[str, Any], where: str) -> dict[str, Any]:

@@ -177,12 +177,12 @@ def test_cli_tv_wrap_flag_and_jsonl_key(tmp_path):
 def test_tv_by_side_weights_each_coarse_stage_by_its_side(tiny_guide, monkeypatch):
     import sys
 
-    gen = sys.modules["clipag.generate"]  # the package binds the name to the function
+    gen = sys.modules["clipag.optimise"]
     seen = []
     real = gen._optimise_stage
 
     def record(guide, targets, start, config, *args, **kwargs):
-        seen.append((start.shape[-1], config.tv_weight))
+        seen.append((start.render().shape[-1], config.tv_weight))
         return real(guide, targets, start, config, *args, **kwargs)
 
     monkeypatch.setattr(gen, "_optimise_stage", record)

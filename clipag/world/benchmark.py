@@ -154,7 +154,7 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
              config: GenerateConfig, command: str, texts: tuple[str, ...] = ()) -> str:
     lines = [f"# PAG benchmark ({prompts} world prompts)", "",
              f"Command: `{command}`", "",
-             f"Settings: steps {config.steps}, lr {config.lr}, views "
+             f"Settings: steps {config.steps}, lr {config.learning_rate:g}, views "
              f"{config.views.global_views}+{config.views.patch_views} (patch weight "
              f"{config.patch_weight}), colour jitter brightness {config.views.brightness:g}, "
              f"cutout {config.views.cutout:g}, noise {config.views.noise:g}, "
@@ -289,7 +289,7 @@ def run_inits(guide_name: str, judge_model: str, prompts: int, inits: list[str],
             reports.append(_mean_report(init_label(init), steps, runs))
     lines = [f"# Initializer benchmark ({len(texts)} world prompts, guide {guide.name})", "",
              f"Command: `{command}`", "",
-             f"Refiner: lr {config.lr}, views {config.views.global_views}+"
+             f"Refiner: lr {config.learning_rate:g}, views {config.views.global_views}+"
              f"{config.views.patch_views}, cutout {config.views.cutout:g}, noise "
              f"{config.views.noise:g}, tv {config.tv_weight:g}{tv_form(config)}, "
              f"scales {','.join(map(str, config.scales)) or 'none'}; "

@@ -1,0 +1,29 @@
+"""Canvases: the representations an image is optimised in. `build` makes one from a config;
+the optimiser drives any of them through clipag.canvas.base.Canvas."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Canvas, ParamGroup
+from .config import CANVAS_NAMES, CanvasConfig, FourierConfig, PyramidConfig, StrokesConfig
+from .fourier import Fourier
+from .pixels import Pixels, dynamic_threshold
+from .pyramid import Pyramid
+from .strokes import Strokes
+
+CANVASES: dict[str, type[Canvas]] = {c.name: c for c in (Pixels, Pyramid, Fourier, Strokes)}
+assert tuple(CANVASES) == CANVAS_NAMES
+
+__all__ = ["Canvas", "ParamGroup", "CANVASES", "CanvasConfig", "StrokesConfig", "PyramidConfig",
+           "FourierConfig", "build", "dynamic_threshold"]
+
+
+def build(config, images: torch.Tensor | None, seeds, size: int,
+          device: torch.device | str = "cpu") -> Canvas:
+    """The canvas `config.canvas.name` for B = len(seeds) images of side `size`, from start
+    images (B, 3, size, size) where the canvas takes them, else from each image's seed."""
+    cls = CANVASES[config.canvas.name]
+    if cls is Strokes:
+        return Strokes.create(config, None, seeds, size, device)
+    return cls.create(config, images.to(device), seeds, size)

@@ -1,0 +1,167 @@
+"""The pure-PyTorch stroke renderer: gradients, culling, and the SVG that draws the same
+picture under an independent renderer (resvg)."""
+
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipag.canvas import stroke_render
+from clipag.canvas.config import StrokesConfig
+from clipag.canvas.stroke_render import bezier_polyline, render_strokes
+from clipag.canvas.strokes import random_strokes
+from clipag.canvas.svg import strokes_svg
+
+resvg_py = pytest.importorskip("resvg_py")
+
+
+def scene(n: int, side: int, seed: int, width: tuple[float, float], k: int = 3,
+          spread: float = 0.3, dtype=torch.float32):
+    """Random strokes: points (1, n, 3k+1, 2), widths, colours, segments, a background."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.rand(n, 1, 2, generator=g) * side
+    steps = (torch.rand(n, 3 * k, 2, generator=g) - 0.5) * spread * side
+    points = torch.cat([start, start + steps.cumsum(1)], 1).to(dtype)
+    widths = (width[0] + (width[1] - width[0]) * torch.rand(n, generator=g)).to(dtype)
+    colors = torch.rand(n, 4, generator=g).to(dtype)
+    segments = torch.randint(1, k + 1, (n,), generator=g)
+    background = torch.rand(3, generator=g).to(dtype)
+    return points[None], widths[None], colors[None], segments[None], background[None]
+
+
+def resvg(svg: str, side: int) -> torch.Tensor:
+    png = resvg_py.svg_to_bytes(svg_string=svg, width=side, height=side)
+    array = np.array(Image.open(io.BytesIO(bytes(png))).convert("RGB"))
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255
+
+
+@pytest.mark.parametrize("seed,n,width,alpha", [
+    (0, 40, (0.5, 3.0), None),  # thin
+    (1, 12, (10.0, 40.0), None),  # wide, overlapping
+    (2, 60, (1.0, 12.0), 0.5),  # many, half-transparent
+    (3, 25, (0.5, 25.0), 1.0),  # opaque over each other
+])
+def test_the_svg_renders_to_the_png_under_resvg(seed, n, width, alpha):
+    side = 96
+    points, widths, colors, segments, background = scene(n, side, seed, width)
+    if alpha is not None:
+        colors[..., 3] = alpha
+    ours = render_strokes(points, widths, colors, segments, background, side, side)[0]
+    svg = strokes_svg(points[0], widths[0], colors[0], segments[0], background[0], side, side,
+                      title="a <test> & \"scene\"")
+    ET.fromstring(svg.split("\n", 1)[1])  # well-formed XML, title escaped
+    theirs = resvg(svg, side)
+    diff = (ours - theirs).abs()
+    assert diff.mean() <= 0.02, diff.mean()
+    # and it is a picture, not a blank: the strokes cover a good part of it
+    assert (ours - background[0].view(3, 1, 1)).abs().amax(0).gt(0.05).float().mean() > 0.05
+
+
+def test_a_blank_scene_and_strokes_outside_are_the_background():
+    points, widths, colors, segments, background = scene(5, 32, 0, (1, 2))
+    out = render_strokes(points + 1000, widths, colors, segments, background, 32, 40)
+    assert out.shape == (1, 3, 32, 40)
+    assert torch.equal(out, background.view(1, 3, 1, 1).expand(1, 3, 32, 40))
+    empty = render_strokes(points[:, :0], widths[:, :0], colors[:, :0], segments[:, :0],
+                           background, 8, 8)
+    assert torch.equal(empty, background.view(1, 3, 1, 1).expand(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("tile", [8, 32])
+def test_tiles_and_chunks_change_nothing(tile, monkeypatch):
+    points, widths, colors, segments, background = scene(30, 70, 4, (0.5, 20))
+    ref = render_strokes(points, widths, colors, segments, background, 70, 70)
+    other = render_strokes(points, widths, colors, segments, background, 70, 70, tile=tile)
+    assert torch.allclose(ref, other, atol=1e-5)
+    monkeypatch.setattr(stroke_render, "PIECE_BUDGET", 5000)  # many small chunks
+    chunked = render_strokes(points, widths, colors, segments, background, 70, 70)
+    assert torch.allclose(ref, chunked, atol=1e-6)
+
+
+def test_images_of_a_batch_are_rendered_apart():
+    a = scene(10, 48, 5, (1, 8))
+    b = scene(10, 48, 6, (1, 8))
+    both = render_strokes(*(torch.cat([x, y]) for x, y in zip(a, b)), 48, 48)
+    assert torch.allclose(both[0], render_strokes(*a, 48, 48)[0], atol=1e-6)
+    assert torch.allclose(both[1], render_strokes(*b, 48, 48)[0], atol=1e-6)
+
+
+def test_gradients_match_finite_differences():
+    side = 24
+    points, widths, colors, segments, background = scene(4, side, 7, (3, 8), k=2, spread=0.5,
+                                                         dtype=torch.float64)
+    colors[..., 3] = 0.4 + 0.5 * colors[..., 3]
+    weights = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(1),
+                         dtype=torch.float64)
+
+    def loss(p, w, c):
+        return (render_strokes(p, w, c, segments, background, side, side) * weights).sum()
+
+    params = [points.clone().requires_grad_(), widths.clone().requires_grad_(),
+              colors.clone().requires_grad_()]
+    loss(*params).backward()
+    g = torch.Generator().manual_seed(2)
+    for i, p in enumerate(params):
+        direction = torch.randn(p.shape, generator=g, dtype=torch.float64)
+        eps = 1e-4
+        values = [t.detach() for t in params]
+        plus = values.copy()
+        plus[i] = values[i] + eps * direction
+        minus = values.copy()
+        minus[i] = values[i] - eps * direction
+        numeric = (loss(*plus) - loss(*minus)) / (2 * eps)
+        analytic = (p.grad * direction).sum()
+        assert abs(numeric - analytic) <= 1e-3 * max(1.0, abs(float(numeric))), (i, numeric,
+                                                                                  analytic)
+        assert abs(float(analytic)) > 1e-3  # every group really receives a gradient
+
+
+def test_a_stroke_moves_where_its_gradient_says():
+    """One short stroke and a target with the same stroke 4 px to the right: gradient
+    descent on the points moves it right and the error falls."""
+    side = 32
+    base = torch.tensor([[[8.0, 16.0], [11.0, 14.0], [14.0, 18.0], [17.0, 16.0]]])[None]
+    widths, colors = torch.tensor([[5.0]]), torch.tensor([[[0.0, 0.0, 0.0, 1.0]]])
+    segments, background = torch.tensor([[1]]), torch.ones(1, 3)
+    target = render_strokes(base + torch.tensor([4.0, 0.0]), widths, colors, segments,
+                            background, side, side)
+    points = base.clone().requires_grad_()
+    optimizer = torch.optim.Adam([points], lr=0.2)
+    errors = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        error = (render_strokes(points, widths, colors, segments, background, side,
+                                side) - target).pow(2).sum()
+        error.backward()
+        errors.append(error.item())
+        optimizer.step()
+    shift = (points.detach() - base).mean(dim=(0, 1, 2))
+    assert shift[0] > 2.0 and abs(shift[1]) < 1.0, shift
+    assert errors[-1] < 0.2 * errors[0]
+
+
+def test_polyline_passes_through_the_end_points():
+    points = torch.tensor([[[0.0, 0.0], [1.0, 2.0], [3.0, 2.0], [4.0, 0.0],
+                            [5.0, -2.0], [7.0, -2.0], [8.0, 0.0]]])
+    line = bezier_polyline(points, 4)
+    assert line.shape == (1, 9, 2)
+    assert torch.allclose(line[0, 0], points[0, 0]) and torch.allclose(line[0, 4], points[0, 3])
+    assert torch.allclose(line[0, -1], points[0, -1])
+
+
+def test_clipdraw_start_strokes_are_seeded_and_local():
+    cfg = StrokesConfig()
+    a = random_strokes(cfg, 224, torch.Generator().manual_seed(3))
+    b = random_strokes(cfg, 224, torch.Generator().manual_seed(3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    points, widths, colors, segments = a
+    assert points.shape == (256, 10, 2) and set(segments.tolist()) <= {1, 2, 3}
+    assert torch.all(widths == 1.0) and colors.min() >= 0 and colors.max() <= 1
+    # each next control point is within reach/2 of the side from the last, on each axis
+    steps = (points[:, 1:] - points[:, :-1]).abs()
+    assert steps.max() <= 0.05 * 224 + 1e-4
