@@ -10,6 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from clipag.augment import VIEW_STYLES
+from clipag.canvas.config import CANVAS_NAMES, CanvasConfig, StrokesConfig
 from clipag.train.attacks import ThreatModel
 from clipag.train.common import check_writable
 from clipag.train.data import DEFAULT_TEMPLATE, open_dataset, split
@@ -116,9 +118,17 @@ def bench():
 @click.option("--prompts", type=Count(1, 10_000), default=24, show_default=True)
 @click.option("--steps", type=Count(1, 100_000), default=_GEN.steps, show_default=True)
 @bench_view_options
-@click.option("--lr", type=Real(0, low_open=True), default=_GEN.lr, show_default=True)
+@click.option("--lr", type=Real(0, low_open=True), default=None,
+              help="the canvas's main learning rate [default: the canvas's]")
 @click.option("--threshold", type=Real(0, 1, high_open=True), default=_GEN.threshold,
               show_default=True, help="dynamic-thresholding percentile (0 = clamp)")
+@click.option("--canvas", type=click.Choice(CANVAS_NAMES), default="pixels", show_default=True,
+              help="what the images are made of")
+@click.option("--strokes", type=Count(1, 100_000), default=StrokesConfig().count,
+              show_default=True, help="with --canvas strokes: how many")
+@click.option("--view-style", type=click.Choice(VIEW_STYLES), default="clipag",
+              show_default=True, help="how views are drawn (clipdraw: perspective + crop)")
+@click.option("--keep", type=click.Choice(("best", "last")), default="best", show_default=True)
 @click.option("--init", default=_GEN.init, show_default=True,
               help="gmm, noise, a mixture file or crossflow[:FILE]")
 @click.option("--init-candidates", type=Count(1, 1_000_000), default=_GEN.init_candidates,
@@ -128,8 +138,8 @@ def bench():
 @click.option("--out", "-o", default="bench/results", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--device", default="auto", show_default=True)
-def bench_pag(guides, judge_model, prompts, steps, settings, lr, threshold, init, init_candidates,
-              batch_size, seed, out, device):
+def bench_pag(guides, judge_model, prompts, steps, settings, lr, threshold, canvas, strokes,
+              view_style, keep, init, init_candidates, batch_size, seed, out, device):
     """Judge accuracy of images made with each guide on fixed world prompts."""
     import sys
 
@@ -137,8 +147,10 @@ def bench_pag(guides, judge_model, prompts, steps, settings, lr, threshold, init
     from clipag.generate import GenerateConfig
 
     names = _names(guides, "--guides")
+    settings["views"] = dataclasses.replace(settings["views"], style=view_style)
+    shape = CanvasConfig(name=canvas, strokes=dataclasses.replace(StrokesConfig(), count=strokes))
     config = GenerateConfig(steps=steps, init=init, init_candidates=init_candidates, lr=lr,
-                            threshold=threshold, **settings)
+                            threshold=threshold, canvas=shape, keep=keep, **settings)
     config.check()
     check_writable(Path(out) / "pag.md")
     command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench pag"

@@ -73,14 +73,19 @@ def test_a_blank_scene_and_strokes_outside_are_the_background():
 
 
 @pytest.mark.parametrize("tile", [8, 32])
-def test_tiles_and_chunks_change_nothing(tile, monkeypatch):
+def test_tiles_and_piece_culling_change_nothing(tile, monkeypatch):
     points, widths, colors, segments, background = scene(30, 70, 4, (0.5, 20))
     ref = render_strokes(points, widths, colors, segments, background, 70, 70)
     other = render_strokes(points, widths, colors, segments, background, 70, 70, tile=tile)
     assert torch.allclose(ref, other, atol=1e-5)
-    monkeypatch.setattr(stroke_render, "PIECE_BUDGET", 5000)  # many small chunks
-    chunked = render_strokes(points, widths, colors, segments, background, 70, 70)
-    assert torch.allclose(ref, chunked, atol=1e-6)
+
+    def every_piece(a, b, mask, stroke, origin, reach, tile):  # no culling at all
+        index = torch.arange(a.shape[1])[None].expand(len(stroke), -1)
+        return torch.where(mask[stroke], index, -1)
+
+    monkeypatch.setattr(stroke_render, "_near_pieces", every_piece)
+    unculled = render_strokes(points, widths, colors, segments, background, 70, 70)
+    assert torch.allclose(ref, unculled, atol=1e-6)
 
 
 def test_images_of_a_batch_are_rendered_apart():

@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 
 TILE = 16  # tile side in pixels
-PIECE_BUDGET = 1 << 23  # distances measured at once without autograd (pairs x pieces x pixels)
 
 
 def bezier_polyline(points: torch.Tensor, samples: int) -> torch.Tensor:
@@ -54,27 +53,45 @@ def _point_to_piece(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.
     return (ap - t[..., None] * ab).pow(2).sum(-1)
 
 
-def _nearest_piece(pixels: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,
-                   stroke: torch.Tensor, tile: int) -> torch.Tensor:
+def _near_pieces(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, stroke: torch.Tensor,
+                 origin: torch.Tensor, reach: torch.Tensor, tile: int) -> torch.Tensor:
+    """(P, K) for each pair, the pieces of its stroke whose box comes within `reach` (P,) of its
+    tile, padded with -1 (K: the most any pair has). A piece further away than that covers no
+    pixel of the tile, and neither does any pixel's nearest piece when that is further: so the
+    nearest of these alone decides every pixel's coverage."""
+    lo = torch.minimum(a, b)[stroke]  # (P, L, 2)
+    hi = torch.maximum(a, b)[stroke]
+    gap = (torch.clamp(origin[:, None] - hi, min=0) + torch.clamp(lo - origin[:, None] - tile, min=0))
+    near = (gap.pow(2).sum(-1) <= reach[:, None] ** 2) & mask[stroke]  # (P, L)
+    k = max(int(near.sum(1).max()), 1)
+    order = torch.argsort((~near).to(torch.int8), dim=1, stable=True)[:, :k]
+    return torch.where(torch.gather(near, 1, order), order, -1)
+
+
+def _nearest_piece(pixels: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                   candidates: torch.Tensor, stroke: torch.Tensor) -> torch.Tensor:
     """(P, T*T) the index of the polyline piece of stroke[p] nearest to each pixel of pair p,
-    in chunks of PIECE_BUDGET distances (x and y kept apart: no reductions over a dim of 2)."""
-    pieces = a.shape[1]
+    among its candidate pieces (P, K; -1 for none): a running minimum over the K candidates,
+    so that memory stays at a few (P, T*T) tensors (x and y kept apart)."""
     ab = b - a
     inv = 1 / (ab * ab).sum(-1).clamp_min(1e-12)  # (S, L)
-    chunk = max(1, PIECE_BUDGET // (pieces * tile * tile))
-    out = []
-    for i in range(0, stroke.numel(), chunk):
-        s = stroke[i:i + chunk]
-        px, py = pixels[i:i + chunk, None, :, 0], pixels[i:i + chunk, None, :, 1]  # (c, 1, T*T)
-        ax, ay = a[s, :, 0, None], a[s, :, 1, None]  # (c, L, 1)
-        ux, uy = ab[s, :, 0, None], ab[s, :, 1, None]
+    px, py = pixels[..., 0], pixels[..., 1]  # (P, T*T)
+    s = stroke[:, None]
+    best = torch.full_like(px, float("inf"))
+    nearest = torch.zeros(px.shape, dtype=torch.long, device=px.device)
+    for j in range(candidates.shape[1]):
+        pick = candidates[:, j:j + 1]  # (P, 1)
+        piece = pick.clamp_min(0)
+        ax, ay = a[s, piece, 0], a[s, piece, 1]  # (P, 1)
+        ux, uy = ab[s, piece, 0], ab[s, piece, 1]
         dx, dy = px - ax, py - ay
-        t = ((dx * ux + dy * uy) * inv[s][:, :, None]).clamp_(0, 1)
+        t = ((dx * ux + dy * uy) * inv[s, piece]).clamp_(0, 1)
         ex, ey = dx.sub_(t * ux), dy.sub_(t * uy)
         d2 = ex.mul_(ex).add_(ey.mul_(ey))
-        d2.masked_fill_(~mask[s][:, :, None], float("inf"))
-        out.append(d2.argmin(1))
-    return torch.cat(out)
+        closer = (d2 < best) & (pick >= 0)
+        best = torch.where(closer, d2, best)
+        nearest = torch.where(closer, piece, nearest)
+    return nearest
 
 
 def render_strokes(points: torch.Tensor, widths: torch.Tensor, colors: torch.Tensor,
@@ -120,7 +137,10 @@ def render_strokes(points: torch.Tensor, widths: torch.Tensor, colors: torch.Ten
     pixels = origin[:, None, :] + grid[None]
     a_all, b_all = line[:, :-1], line[:, 1:]  # (S, L, 2)
     with torch.no_grad():  # the nearest piece of each pair's stroke to each of its pixels
-        nearest = _nearest_piece(pixels, a_all.detach(), b_all.detach(), mask, stroke, tile)
+        a_d, b_d = a_all.detach(), b_all.detach()
+        candidates = _near_pieces(a_d, b_d, mask, stroke, origin, half[stroke].detach() + 0.5,
+                                  tile)
+        nearest = _nearest_piece(pixels, a_d, b_d, candidates, stroke)
     a = a_all[stroke[:, None], nearest]  # (P, T*T, 2), with gradients
     bb = b_all[stroke[:, None], nearest]
     d = _point_to_piece(pixels, a, bb).clamp_min(1e-12).sqrt()

@@ -42,6 +42,13 @@ def tv_form(config: GenerateConfig) -> str:
     return form
 
 
+def canvas_label(config: GenerateConfig) -> str:
+    """The canvas as a report names it: `strokes (256)`, `pixels`."""
+    if config.canvas.name == "strokes":
+        return f"strokes ({config.canvas.strokes.count})"
+    return config.canvas.name
+
+
 def suite(n: int, seed: int = 1234) -> list[str]:
     """`n` fixed world prompts naming colour, shape, background (and count)."""
     prompts, i = [], 0
@@ -154,7 +161,8 @@ def markdown(reports: list[GuideReport], judge_truth: dict[str, float], prompts:
              config: GenerateConfig, command: str, texts: tuple[str, ...] = ()) -> str:
     lines = [f"# PAG benchmark ({prompts} world prompts)", "",
              f"Command: `{command}`", "",
-             f"Settings: steps {config.steps}, lr {config.learning_rate:g}, views "
+             f"Settings: canvas {canvas_label(config)}, keep {config.keep}, "
+             f"steps {config.steps}, lr {config.learning_rate:g}, views "
              f"{config.views.global_views}+{config.views.patch_views} (patch weight "
              f"{config.patch_weight}), colour jitter brightness {config.views.brightness:g}, "
              f"cutout {config.views.cutout:g}, noise {config.views.noise:g}, "
