@@ -3,7 +3,7 @@ PIP = $(PYTHON) -m pip
 # The torch build these machines serve from local disk; elsewhere any recent torch works.
 TORCH = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test lint bench bench-speed bench-quick bench-train bench-wheels bench-gpu bench-gpu-world \
+.PHONY: install test lint bench bench-startup bench-canvas bench-speed bench-quick bench-train bench-wheels bench-gpu bench-gpu-world \
 	bench-gpu-crossflow bench-pag bench-init models clean
 
 install:
@@ -18,10 +18,18 @@ lint:
 
 # The generation step as the user waits for it (world-robust and ViT-B-32; OUT.json/.md in
 # bench/results/speed-DATE), then robustify throughput. bench-quick: one timed step.
-bench: bench-speed bench-train
+bench: bench-startup bench-speed bench-canvas bench-train
+
+bench-startup:
+	$(PYTHON) bench/startup.py
 
 bench-speed:
 	$(PYTHON) bench/speed.py
+
+# a step on each canvas in parts (render, views, model, backward, update) at CLIPDraw's
+# 224 px and 4 views, world-robust and ViT-B-32 (random weights)
+bench-canvas:
+	$(PYTHON) bench/canvas_speed.py
 
 bench-quick:
 	$(PYTHON) bench/speed.py --quick

@@ -9,7 +9,6 @@ import click
 from rich.console import Console
 
 from clipag.errors import ClipagError
-from clipag.load import ModelSpec
 
 
 console = Console(stderr=True)
@@ -87,6 +86,8 @@ def model_options(default_hint: str = "world-robust", mix: bool = False):
 
         @functools.wraps(f)
         def inner(*args, model, pretrained, checkpoint, trust_checkpoint, **kwargs):
+            from clipag.load import ModelSpec  # torch: only once a command runs
+
             spec = ModelSpec(model, pretrained, checkpoint, trust_checkpoint)
             return f(*args, spec=spec, **kwargs)
 

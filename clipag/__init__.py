@@ -21,13 +21,15 @@ _EXPORTS = {
 }
 __all__ = ["__version__", "generate", *_EXPORTS]
 
-# The function, bound eagerly: importing the submodule of the same name (clipag/generate.py)
-# would otherwise leave the module object under this name.
-from .generate import generate  # noqa: E402
-
 
 def __getattr__(name: str):
-    """Import on first use, so `import clipag` (and the CLI's start) stays light."""
+    """Import on first use, so `import clipag` (and the CLI's start) stays light. `generate`
+    is the module clipag/generate.py, which is callable as its function `generate` (importing
+    a submodule binds its name on the package, so the two must be one object)."""
+    if name == "generate":
+        import importlib
+
+        return importlib.import_module("clipag.generate")
     if name in _EXPORTS:
         import importlib
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -422,3 +424,14 @@ def with_recommended(config: GenerateConfig, recommended: Iterable[tuple[str, An
         if new != config:
             config, changed[key] = new, value
     return config, changed
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as `generate`: `clipag.generate(...)` is the function whether or
+    not the submodule has been imported (which binds the name `generate` on the package)."""
+
+    def __call__(self, *args, **kwargs) -> Generation:
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
