@@ -23,10 +23,12 @@ COMMANDS = {
                   "Adversarially fine-tune a CLIP into a robust guide (PGD in the loop)."),
     "eval": ("misc_cmd", "eval_cmd",
              "Zero-shot accuracy, clean and under PGD, on a labelled class-folder DATA."),
-    "models": ("models_cmd", "models_cmd", "List model presets, where each comes from, and what is available locally."),
+    "models": ("models_cmd", "models_cmd",
+               "List model presets, where each comes from, and what is available locally."),
     "init": ("misc_cmd", "init", "Initializers for generation."),
     "world": ("world_cmd", "world", "The procedural world of captioned shapes and digits."),
-    "crossflow": ("crossflow_cmd", "crossflow", "CrossFlow: a noise-free text-to-image flow, used as a learned initializer."),
+    "crossflow": ("crossflow_cmd", "crossflow",
+                  "CrossFlow: a noise-free text-to-image flow, used as a learned initializer."),
     "bench": ("misc_cmd", "bench", "Benchmarks (see also `make bench`)."),
 }
 
