@@ -10,6 +10,7 @@ from click.core import ParameterSource
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from clipag.output import image_format, save_image
 from clipag.batch import (RunConfig, WriteError, batches, check_writable, claim_batch, finished,
                           model_identity, plan, rank_and_world, release, run_batch, share, sweep)
 from clipag.device import resolve_device
@@ -143,6 +144,13 @@ def generation_options(base: GenerateConfig, recipe: str):
         opt("decay", help="fourier canvas: spectrum scale 1/f^decay"),
         opt("batch_size", help="images optimised together (same settings)"),
         opt("save_every", help="keep a frame every N steps and write a GIF beside the image"),
+        click.option("--video", is_flag=True,
+                     help="write an MP4 (H.264) of the run beside each image instead of a GIF: "
+                          "a frame every --save-every steps (default: 100 frames a run); no "
+                          "system ffmpeg needed"),
+        click.option("--preview", type=click.Path(dir_okay=False),
+                     help="rewrite this PNG with the image being made every 10 steps (watch "
+                          "it in any image viewer)"),
         click.option("--overwrite", is_flag=True, help="replace existing outputs"),
         click.option("--quiet", "-q", is_flag=True),
     ]
@@ -178,7 +186,7 @@ def draw_cmd(**kwargs):
 
 
 def run_generation(prompt, prompts_file, negative, output, outdir, spec, device, recipe,
-                   overwrite, quiet, **values):
+                   overwrite, quiet, video, preview, **values):
     """The work of `generate` and `draw`: parse, plan, load, run."""
     began = time.time()
     ctx = click.get_current_context()
@@ -189,11 +197,16 @@ def run_generation(prompt, prompts_file, negative, output, outdir, spec, device,
     jobs = read_prompts_file(prompts_file) if prompts_file else [Job(prompt)]
     run = RunConfig(samples=values.pop("samples"), batch_size=values.pop("batch_size"),
                     negative_weight=values.pop("negative_weight"), seed=values.pop("seed"),
-                    outdir=outdir, overwrite=overwrite)
+                    outdir=outdir, overwrite=overwrite, video=video)
     if values["init_image"] and not Path(values["init_image"]).is_file():
         raise ClipagError(f"init image not found: {values['init_image']}")
     given = {k: v for k, v in values.items()
              if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    if video and "save_every" not in given:  # about 100 frames a run
+        given["save_every"] = max(1, given.get("steps", recipe_config(recipe).steps) // 100)
+    if preview:
+        check_writable(Path(preview).parent)
+        image_format(Path(preview))
     config = apply(recipe_config(recipe), given)
     explicit = frozenset(field_name(k) for k in given)
     preset = preset_of(spec)
@@ -254,9 +267,11 @@ def run_generation(prompt, prompts_file, negative, output, outdir, spec, device,
             def on_step(info, per=per):
                 progress.update(per, completed=info.step,
                                 info=f"loss {info.loss.mean().item():.4f}")
+                if preview and info.render is not None:
+                    save_image(Path(preview), info.render()[0].cpu(), {"step": info.step})
 
             try:
-                result = run_batch(guide, claims, model_info, on_step)
+                result = run_batch(guide, claims, model_info, on_step, run.video)
             except WriteError as exc:
                 raise ClipagError(f"{exc}; kept {written} finished image(s) in {folder} "
                                   "(rerun to resume)") from None

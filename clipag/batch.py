@@ -34,7 +34,7 @@ from .generate import (ANCHOR_SIDE, FLOW_ANCHOR, GenerateConfig, Generation, Ste
 from .load import ModelSpec
 from .models import DEFAULT_PRESET, PRESETS, Guide
 from .output import (companions, image_format, read_sidecar, save_gif, save_image, save_sidecar,
-                     slug)
+                     save_video, slug)
 from .prompts import Job
 from .settings import SEED_MAX, SETTINGS, apply
 
@@ -49,6 +49,7 @@ class RunConfig:
     seed: int = 0
     outdir: str = "outputs"
     overwrite: bool = False
+    video: bool = False  # an MP4 of the run beside each image, instead of a GIF
 
 
 ASSETS = Path(__file__).parent / "assets"  # where the embedded models live
@@ -209,7 +210,7 @@ def plan(jobs: list[Job], config: GenerateConfig, run: RunConfig, model: dict[st
             raise ClipagError(f"--output {output} is a folder")
         if not run.overwrite:
             for path in companions(output, frames=bool(tasks[0].config.save_every),
-                                   extra=suffixes(tasks[0].config)):
+                                   extra=suffixes(tasks[0].config), video=run.video):
                 if path.exists():
                     raise ClipagError(f"{path} exists; pass --overwrite to replace it")
     return tasks, changed
@@ -500,9 +501,10 @@ def sweep(folder: Path, before: float, names: set[str] | None = None) -> int:
 # --- computing and writing ------------------------------------------------------------------
 
 def run_batch(guide: Guide, claims: list[Claim], model_info: dict[str, Any],
-              on_step: Callable[[StepInfo], None] | None = None) -> Generation:
-    """Make and save one batch of claimed images with the same settings: GIF, sidecar, then
-    the image last, each atomically."""
+              on_step: Callable[[StepInfo], None] | None = None, video: bool = False
+              ) -> Generation:
+    """Make and save one batch of claimed images with the same settings: GIF (or MP4 with
+    `video`), the canvas's extra files, sidecar, then the image last, each atomically."""
     tasks = [c.task for c in claims]
     config = tasks[0].config
     result = generate([t.prompt for t in tasks], guide, config, [t.seed for t in tasks],
@@ -513,8 +515,9 @@ def run_batch(guide: Guide, claims: list[Claim], model_info: dict[str, Any],
         path = c.png
         try:
             if result.frames:
-                path = c.png.with_suffix(".gif")
-                save_gif(path, [f[b] for f in result.frames] + [result.images[b]])
+                frames = [f[b] for f in result.frames] + [result.images[b]]
+                path = c.png.with_suffix(".mp4" if video else ".gif")
+                (save_video if video else save_gif)(path, frames)
             for suffix, text in (result.files[b] if result.files else {}).items():
                 path = c.png.with_suffix(suffix)
                 write_text_atomic(path, text)

@@ -33,6 +33,15 @@ class StepInfo:
     step: int
     loss: torch.Tensor  # (B,) global-view loss at this step
     best: torch.Tensor  # (B,)
+    render: Callable[[], torch.Tensor] | None = None  # the images now (B, 3, H, W), no grad
+
+
+def _render_now(canvas: Canvas) -> Callable[[], torch.Tensor]:
+    def render() -> torch.Tensor:
+        with torch.no_grad():
+            return canvas.render().detach()
+
+    return render
 
 
 @dataclass
@@ -142,7 +151,7 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor | Canvas,
 
         def shifted(info: StepInfo, done=done) -> None:
             if on_step:
-                on_step(StepInfo(info.step + done, info.loss, info.best))
+                on_step(StepInfo(info.step + done, info.loss, info.best, info.render))
 
         tv = config.tv_weight * side / size if config.tv_by_side else config.tv_weight
         stage = dataclasses.replace(config, steps=steps, scales=(), tv_weight=tv)
@@ -207,7 +216,7 @@ def _optimise_stage(guide: Guide, targets: Targets, canvas: Canvas, config: "Gen
             with torch.no_grad():
                 frames.append(canvas.render().detach().cpu().clone())
         if on_step and ((first_step + step) % config.log_every == 0 or step == config.steps):
-            on_step(StepInfo(step, tracked, best_loss))
+            on_step(StepInfo(step, tracked, best_loss, _render_now(canvas)))
     if keep_best:
         canvas.load(kept)
     with torch.no_grad():

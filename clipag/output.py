@@ -28,13 +28,14 @@ def image_format(path: Path) -> str:
     return fmt
 
 
-def companions(path: Path, frames: bool = True, extra: tuple[str, ...] = (".svg",)) -> list[Path]:
-    """The files an output writes: its sidecar, its GIF (with frames), its canvas's extra
-    files (`extra` suffixes: an SVG for strokes) and the image itself, in the order they are
-    written."""
+def companions(path: Path, frames: bool = True, extra: tuple[str, ...] = (".svg",),
+               video: bool = False) -> list[Path]:
+    """The files an output writes: its sidecar, its GIF (with frames) or MP4 (`video`), its
+    canvas's extra files (`extra` suffixes: an SVG for strokes) and the image itself, in the
+    order they are written."""
     path = Path(path)
-    return [path.with_suffix(".json"), *([path.with_suffix(".gif")] if frames else []),
-            *(path.with_suffix(s) for s in extra), path]
+    movie = [path.with_suffix(".mp4" if video else ".gif")] if frames or video else []
+    return [path.with_suffix(".json"), *movie, *(path.with_suffix(s) for s in extra), path]
 
 
 def finite_json(value: Any, where: str = "") -> tuple[Any, list[str]]:
@@ -121,6 +122,36 @@ def save_gif(path: Path, frames: list[torch.Tensor], ms_per_frame: int = 100) ->
     images = [to_pil(f) for f in frames]
     return write_atomic(path, lambda tmp: images[0].save(
         tmp, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0))
+
+
+def save_video(path: Path, frames: list[torch.Tensor], fps: int = 10, min_side: int = 256
+                ) -> Path:
+    """Frames (3, H, W) as an H.264 MP4 (yuv420p, even sides) through the ffmpeg binary that
+    imageio-ffmpeg ships: no system ffmpeg needed. Small frames are enlarged (nearest) to at
+    least `min_side`, so that players show them at a watchable size."""
+    import imageio_ffmpeg
+    import numpy as np
+
+    h, w = frames[0].shape[-2:]
+    scale = max(1, -(-min_side // min(h, w)))
+    size = (w * scale + (w * scale) % 2, h * scale + (h * scale) % 2)
+
+    def array(frame: torch.Tensor) -> np.ndarray:
+        image = to_pil(frame).resize((w * scale, h * scale), Image.NEAREST)
+        canvas = Image.new("RGB", size)
+        canvas.paste(image)
+        return np.ascontiguousarray(np.asarray(canvas))
+
+    def write(tmp: Path) -> None:
+        writer = imageio_ffmpeg.write_frames(str(tmp), size, fps=fps, codec="libx264",
+                                             pix_fmt_out="yuv420p", macro_block_size=1,
+                                             output_params=["-f", "mp4"])
+        writer.send(None)
+        for frame in frames:
+            writer.send(array(frame))
+        writer.close()
+
+    return write_atomic(path, write)
 
 
 def save_grid(path: Path, images: list[torch.Tensor], columns: int, scale: int = 1) -> Path:
