@@ -212,28 +212,24 @@ def _check_canvas(config: "GenerateConfig") -> None:
     if config.init_image and not kind.from_images:
         raise ClipagError(f"the {canvas.name} canvas cannot start from an image "
                           "(--init-image); it draws its own start from the seed")
-    if canvas.name == "strokes":
-        s = canvas.strokes
-        _whole("strokes", s.count, 1)
-        if s.count > 100_000:
-            raise ClipagError(f"--strokes must be <= 100000, got {s.count}")
-        _whole("segments", s.max_segments, 1)
-        if s.max_segments > 16:
-            raise ClipagError(f"--segments must be <= 16, got {s.max_segments}")
-        _pair("stroke_width", s.width, "> 0", lambda v: v > 0)
-        _real("start_width", s.start_width, "> 0", lambda v: v > 0)
-        _real("reach", s.reach, "in [0, 1]", lambda v: 0 <= v <= 1)
-        _real("width_lr", s.width_lr, ">= 0", lambda v: v >= 0)
-        _real("color_lr", s.color_lr, ">= 0", lambda v: v >= 0)
-        if not isinstance(s.background, (tuple, list)) or len(s.background) != 3:
-            raise ClipagError(f"--background must be three numbers r,g,b, got {s.background!r}")
-        for v in s.background:
-            _real("background", v, "in [0, 1]", lambda v: 0 <= v <= 1)
-        _whole("curve_samples", s.samples, 2)
-    elif canvas.name == "pyramid":
-        _whole("levels", canvas.pyramid.levels, 1)
-    elif canvas.name == "fourier":
-        _real("decay", canvas.fourier.decay, "in [0, 4]", lambda v: 0 <= v <= 4)
+    _check_declared(config, ("canvas", canvas.name))
+
+
+def _check_declared(config: "GenerateConfig", prefix: tuple[str, ...]) -> None:
+    """Every setting declared under `prefix` (clipag.settings, where its range is written
+    once) checked against its declaration."""
+    from .settings import SETTINGS, coerce  # the declarations read this module's defaults
+
+    for setting in SETTINGS.values():
+        if setting.path[:len(prefix)] != prefix:
+            continue
+        value: Any = config
+        for part in setting.path:
+            value = getattr(value, part)
+        try:
+            coerce(setting, list(value) if isinstance(value, tuple) else value)
+        except ValueError as exc:
+            raise ClipagError(f"--{setting.name.replace('_', '-')} {exc}") from None
 
 
 def check_size(size: int) -> None:

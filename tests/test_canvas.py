@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -115,9 +116,13 @@ def test_the_clipdraw_recipe_is_the_notebooks():
     ({"canvas": CanvasConfig(name="oil")}, "unknown canvas 'oil'"),
     ({"canvas": CanvasConfig(name="strokes", strokes=StrokesConfig(count=0))}, "--strokes"),
     ({"canvas": CanvasConfig(name="strokes", strokes=StrokesConfig(width=(5.0, 2.0)))},
-     "--stroke-width must be a (low, high) pair with low <= high"),
+     "--stroke-width must be [low, high]"),
     ({"canvas": CanvasConfig(name="strokes", strokes=StrokesConfig(reach=float("nan")))},
      "--reach must be a finite number"),
+    ({"canvas": CanvasConfig(name="strokes", strokes=StrokesConfig(background=(1.0, 2.0, 0.0)))},
+     "--background must be [r, g, b]"),
+    ({"canvas": CanvasConfig(name="pyramid", pyramid=dataclasses.replace(
+        CanvasConfig().pyramid, levels=0))}, "--levels must be a whole number >= 1"),
     ({"canvas": CanvasConfig(name="fourier", fourier=dataclasses.replace(
         CanvasConfig().fourier, decay=float("inf")))}, "--decay"),
     ({"canvas": CanvasConfig(name="strokes"), "scales": (16,)}, "pixels canvas only"),
@@ -125,7 +130,7 @@ def test_the_clipdraw_recipe_is_the_notebooks():
     ({"keep": "first"}, "--keep"),
 ])
 def test_bad_canvas_settings(change, message):
-    with pytest.raises(ClipagError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ClipagError, match=re.escape(message)):
         dataclasses.replace(GenerateConfig(), **change).check()
 
 
