@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,30 @@ def numpy_globals() -> list:
             (scalar, "numpy._core.multiarray.scalar"), np.dtype, *dtypes]
 
 
+_GLOBAL_WORDINGS = (  # how torch's weights-only unpickler names a refused global, by version
+    re.compile(r"Unsupported global: GLOBAL (\S+)"),
+    re.compile(r"unsupported GLOBAL (\S+) whose module"),
+)
+
+
 def _unsafe_global(message: str) -> str | None:
-    """The global a refused pickle asked for, from torch's weights-only error text."""
-    marker = "Unsupported global: GLOBAL "
-    if marker not in message:
+    """The global a refused pickle asked for, from torch's weights-only error text (any of the
+    wordings torch has used)."""
+    for wording in _GLOBAL_WORDINGS:
+        found = wording.search(message)
+        if found:
+            return found.group(1)
+    return None
+
+
+def _refusal(message: str) -> str | None:
+    """Why torch's weights-only unpickler refused a file, without its advice to re-run unsafe
+    (None where the error is not such a refusal)."""
+    if "Weights only load failed" not in message:
         return None
-    return message.split(marker, 1)[1].split()[0]
+    text = " ".join(message.split())
+    found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    return (found.group(1) if found else "an instruction the safe loader does not run").strip()
 
 
 def read_object(path: str | os.PathLike, trust: bool = False) -> Any:
@@ -150,14 +169,16 @@ def read_object(path: str | os.PathLike, trust: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad or unsafe pickles
         text = " ".join(str(exc).split())
-        wanted = _unsafe_global(str(exc))
-        if wanted is None:
+        wanted, refused = _unsafe_global(str(exc)), _refusal(str(exc))
+        if wanted is None and refused is None:
             raise ClipagError(f"corrupt or truncated checkpoint {path}: "
                               f"{text[:300] or type(exc).__name__}") from None
         if not trust:
-            raise ClipagError(f"{path} pickles {wanted}, which runs code when loaded (more than "
-                              "tensors and plain values); pass --trust-checkpoint if you trust "
-                              "its source") from None
+            what = (f"pickles {wanted}, which runs code when loaded" if wanted else
+                    f"needs more than the safe loader reads ({refused[:120]})")
+            raise ClipagError(f"{path} is refused as unsafe: it {what}, not only tensors and "
+                              "plain values; pass --trust-checkpoint only if you trust its "
+                              "source") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - an arbitrary pickle can raise anything

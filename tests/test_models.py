@@ -143,3 +143,28 @@ def test_hub_models_fail_clearly_offline():
 def test_unknown_architecture():
     with pytest.raises(ClipagError, match="unknown model architecture"):
         load_guide(ModelSpec(model="no-such-model", pretrained="none"), CPU)
+
+
+class _System:
+    """A pickle that would run a shell command when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_calling_os_system_is_refused_by_name_and_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "system.pt"
+    torch.save({"weights": torch.zeros(2), "payload": _System(marker)}, path)
+    with pytest.raises(ClipagError) as info:
+        load_guide(ModelSpec(model="clipag-tiny", checkpoint=str(path)), CPU)
+    message = str(info.value)
+    assert "refused as unsafe" in message and "system" in message  # posix.system or nt.system
+    assert "--trust-checkpoint" in message
+    assert "weights_only" not in message and "corrupt" not in message  # no torch advice
+    assert not marker.exists()
