@@ -84,7 +84,7 @@ def read_prompts_file(path: str | Path) -> list[Job]:
     key and any generate setting per line (`.jsonl` files)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not text
     except FileNotFoundError:
         raise ClipagError(f"prompts file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -53,3 +53,13 @@ def test_bad_prompts_files(tmp_path, content, message):
 def test_missing_prompts_file(tmp_path):
     with pytest.raises(ClipagError, match="not found"):
         read_prompts_file(tmp_path / "nope.txt")
+
+
+def test_a_byte_order_mark_does_not_make_the_first_comment_a_prompt(tmp_path):
+    for name in ("p.txt", "p.jsonl"):
+        path = tmp_path / name
+        body = "# prompts\n" + ("a red circle\n" if name.endswith(".txt")
+                                else '{"prompt": "a red circle"}\n')
+        path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+        jobs = read_prompts_file(path)
+        assert [j.prompt for j in jobs] == ["a red circle"]
