@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 from .errors import ClipagError
 from .fileio import write_text_atomic
 from .canvas import CANVASES
+from .device import rank_and_world  # noqa: F401  (re-exported: the launcher's environment)
 from .generate import (ANCHOR_SIDE, FLOW_ANCHOR, GenerateConfig, Generation, StepInfo, generate,
                        resolved, with_recommended)
 from .load import ModelSpec
@@ -232,20 +233,6 @@ def share(groups: list[list[Task]], rank: int, world: int) -> list[list[Task]]:
     """This rank's batches: every world-th planned batch, so a batch holds the same images
     whatever the number of processes."""
     return groups[rank::world]
-
-
-def rank_and_world(env: dict[str, str] | None = None) -> tuple[int, int, int]:
-    """(RANK, WORLD_SIZE, LOCAL_RANK) as torchrun sets them; (0, 1, 0) when unset."""
-    env = os.environ if env is None else env
-    try:
-        rank, world = int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1"))
-        local = int(env.get("LOCAL_RANK", str(rank)))
-    except ValueError:
-        raise ClipagError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers") from None
-    if world < 1 or not 0 <= rank < world or local < 0:
-        raise ClipagError(f"RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local}: need "
-                          "0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
-    return rank, world, local
 
 
 # --- what the folder holds ------------------------------------------------------------------

@@ -9,15 +9,30 @@ import torch
 from .errors import ClipagError
 
 
+def rank_and_world(env: dict[str, str] | None = None) -> tuple[int, int, int]:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) as torchrun sets them; (0, 1, 0) when unset."""
+    env = os.environ if env is None else env
+    try:
+        rank, world = int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise ClipagError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ClipagError(f"RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local}: need "
+                          "0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
+    return rank, world, local
+
+
 def resolve_device(spec: str = "auto", env: dict[str, str] | None = None) -> torch.device:
     """Turn `auto`, `cpu`, `cuda` or `cuda:N` into a device that exists, or fail clearly.
     Under torchrun (WORLD_SIZE > 1), `auto` and `cuda` mean this process's own GPU,
     cuda:LOCAL_RANK, so the ranks of every command spread over the node's GPUs."""
     spec = (spec or "auto").strip().lower()
     env = os.environ if env is None else env
-    if spec in ("auto", "cuda") and torch.cuda.is_available() and \
-            int(env.get("WORLD_SIZE", "1") or 1) > 1:
-        spec = f"cuda:{int(env.get('LOCAL_RANK', '0') or 0)}"
+    if spec in ("auto", "cuda") and torch.cuda.is_available():
+        _, world, local = rank_and_world(env)
+        if world > 1:
+            spec = f"cuda:{local}"
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":

@@ -12,6 +12,7 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
+from ..device import rank_and_world
 from ..errors import ClipagError
 from ..fileio import atomic_path
 
@@ -32,9 +33,20 @@ def world_info() -> tuple[int, int]:
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the process group when launched by torchrun; (rank, world size)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    """Join the process group when launched by torchrun; (rank, world size). A launcher
+    environment that cannot work (WORLD_SIZE not a number, no MASTER_ADDR) is one error."""
+    _, world, _ = rank_and_world()
+    if world > 1 and not dist.is_initialized():
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+        if missing:
+            raise ClipagError(f"WORLD_SIZE={world} asks for {world} processes but "
+                              f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                              "not set: launch with torchrun, or unset WORLD_SIZE")
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        except (RuntimeError, ValueError) as exc:
+            raise ClipagError(f"cannot join the {world} processes: "
+                              f"{' '.join(str(exc).split())[:200]}") from None
     return world_info()
 
 
