@@ -17,7 +17,6 @@ from clipag.canvas.stroke_render import bezier_polyline, render_strokes
 from clipag.canvas.strokes import random_strokes
 from clipag.canvas.svg import strokes_svg
 
-resvg_py = pytest.importorskip("resvg_py")
 
 
 def scene(n: int, side: int, seed: int, width: tuple[float, float], k: int = 3,
@@ -35,6 +34,7 @@ def scene(n: int, side: int, seed: int, width: tuple[float, float], k: int = 3,
 
 
 def resvg(svg: str, side: int) -> torch.Tensor:
+    resvg_py = pytest.importorskip("resvg_py")  # a test dependency: the independent renderer
     png = resvg_py.svg_to_bytes(svg_string=svg, width=side, height=side)
     array = np.array(Image.open(io.BytesIO(bytes(png))).convert("RGB"))
     return torch.from_numpy(array).permute(2, 0, 1).float() / 255
@@ -72,20 +72,46 @@ def test_a_blank_scene_and_strokes_outside_are_the_background():
     assert torch.equal(empty, background.view(1, 3, 1, 1).expand(1, 3, 8, 8))
 
 
-@pytest.mark.parametrize("tile", [8, 32])
-def test_tiles_and_piece_culling_change_nothing(tile, monkeypatch):
-    points, widths, colors, segments, background = scene(30, 70, 4, (0.5, 20))
-    ref = render_strokes(points, widths, colors, segments, background, 70, 70)
-    other = render_strokes(points, widths, colors, segments, background, 70, 70, tile=tile)
-    assert torch.allclose(ref, other, atol=1e-5)
+@pytest.mark.parametrize("seed", range(6))
+def test_tiles_and_culling_change_nothing(seed, monkeypatch):
+    """Rendered in tiles of 8, 16 and 32 px, with both cullings, the picture is the one a
+    single tile over the whole canvas (nothing culled by tiles) draws; and measuring every
+    piece of every stroke changes nothing either. Strokes of fewer segments than the most
+    (the tip of a short stroke must keep its tiles) and wide ones, half-transparent."""
+    side = 70
+    points, widths, colors, segments = scene(30, side, seed, (0.5, 20))[:4]
+    background = torch.rand(1, 3)
+    whole = render_strokes(points, widths, colors, segments, background, side, side, tile=128)
+    for tile in (8, 16, 32):
+        tiled = render_strokes(points, widths, colors, segments, background, side, side,
+                               tile=tile)
+        assert (tiled - whole).abs().max() < 1e-5, (tile, (tiled - whole).abs().max())
 
-    def every_piece(a, b, mask, stroke, origin, reach, tile):  # no culling at all
+    def every_piece(a, b, mask, stroke, origin, reach, tile):  # no piece culling at all
         index = torch.arange(a.shape[1])[None].expand(len(stroke), -1)
         return torch.where(mask[stroke], index, -1)
 
     monkeypatch.setattr(stroke_render, "_near_pieces", every_piece)
-    unculled = render_strokes(points, widths, colors, segments, background, 70, 70)
-    assert torch.allclose(ref, unculled, atol=1e-6)
+    unculled = render_strokes(points, widths, colors, segments, background, side, side)
+    assert (unculled - whole).abs().max() < 1e-5
+
+
+def test_the_tip_of_a_short_stroke_is_drawn():
+    """A one-segment stroke in a two-segment slot, crossing tiles: drawn to its end."""
+    points = torch.tensor([[[[2.0, 8.0], [20.0, 8.0], [40.0, 8.0], [60.0, 8.0],
+                             [60.0, 8.0], [60.0, 8.0], [60.0, 8.0]]]])
+    out = render_strokes(points, torch.tensor([[3.0]]), torch.tensor([[[0.0, 0, 0, 1]]]),
+                         torch.tensor([[1]]), torch.ones(1, 3), 16, 64, samples=4)
+    row = out[0, 0, 8]
+    assert row[3:60].max() < 0.01 and row[62:].min() > 0.99  # black to x = 61.5, white after
+
+
+def test_a_scene_with_nothing_on_the_canvas_still_has_a_gradient():
+    points, widths, colors, segments, background = scene(3, 32, 0, (1, 2))
+    points = (points + 1000).requires_grad_()
+    out = render_strokes(points, widths, colors, segments, background, 32, 32)
+    out.sum().backward()
+    assert points.grad is not None and torch.all(points.grad == 0)
 
 
 def test_images_of_a_batch_are_rendered_apart():

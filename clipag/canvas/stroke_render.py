@@ -107,7 +107,10 @@ def render_strokes(points: torch.Tensor, widths: torch.Tensor, colors: torch.Ten
     k = (m - 1) // 3
     device, dtype = points.device, points.dtype
     ty, tx = -(-height // tile), -(-width // tile)
-    bg = background.to(dtype)[:, :, None, None].expand(b, 3, height, width)
+    # the background, still attached to the parameters (with zero gradient) so that a scene
+    # with nothing on the canvas can be differentiated like any other
+    bg = background.to(dtype)[:, :, None, None].expand(b, 3, height, width) + \
+        0 * (points.sum() + widths.sum() + colors.sum())
     if n == 0:
         return bg.contiguous()
     flat = points.reshape(b * n, m, 2)
@@ -116,8 +119,8 @@ def render_strokes(points: torch.Tensor, widths: torch.Tensor, colors: torch.Ten
     half = widths.reshape(-1) / 2
     with torch.no_grad():
         # each stroke's box, grown by how far its coverage reaches: half its width + 1/2
-        used = torch.cat([mask, mask[:, -1:]], 1) | (torch.arange(line.shape[1], device=device)
-                                                    == 0)[None]
+        # polyline point j is drawn when piece j - 1 is (point 0 always)
+        used = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
         far = torch.where(used[..., None], line, line[:, :1])
         reach = (half + 0.5)[:, None]
         low, high = far.amin(1) - reach, far.amax(1) + reach  # (S, 2) as (x, y)
