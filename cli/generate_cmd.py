@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import types
 from pathlib import Path
 
 import click
@@ -182,14 +183,18 @@ def draw_cmd(**kwargs):
     """Draw PROMPT with vector strokes (CLIPDraw under the guide; PNG + SVG), or every prompt
     in --prompts-file. The CLIPAG + CLIPDraw notebook's settings: 256 strokes, 1000 steps, 4
     perspective views a step; any flag of `generate` applies."""
-    run_generation(**kwargs)
+    run_generation(**kwargs, draws_strokes=True)
 
 
 def run_generation(prompt, prompts_file, negative, output, outdir, spec, device, recipe,
-                   overwrite, quiet, video, preview, **values):
-    """The work of `generate` and `draw`: parse, plan, load, run."""
+                   overwrite, quiet, video, preview, draws_strokes=False, **values):
+    """The work of `generate` and `draw` (`draws_strokes`: the canvas is strokes unless --canvas
+    says otherwise, whatever the recipe): parse, plan, load, run."""
     began = time.time()
     ctx = click.get_current_context()
+    resolve_device(device)  # a bad --device is an error even when every image is finished
+    if ctx.get_parameter_source("negative_weight") == ParameterSource.DEFAULT:
+        values["negative_weight"] = recipe_run(recipe).negative_weight
     if bool(prompt) == bool(prompts_file):
         raise ClipagError("give a PROMPT or --prompts-file, not both and not neither")
     if prompt:
@@ -202,8 +207,12 @@ def run_generation(prompt, prompts_file, negative, output, outdir, spec, device,
         raise ClipagError(f"init image not found: {values['init_image']}")
     given = {k: v for k, v in values.items()
              if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    if draws_strokes and "canvas" not in given:
+        given["canvas"] = "strokes"
     if video and "save_every" not in given:  # about 100 frames a run
         given["save_every"] = max(1, given.get("steps", recipe_config(recipe).steps) // 100)
+    if video and given["save_every"] == 0:
+        raise ClipagError("--video needs frames: --save-every must be >= 1 (or left out)")
     if preview:
         check_writable(Path(preview).parent)
         image_format(Path(preview))
@@ -244,8 +253,9 @@ def run_generation(prompt, prompts_file, negative, output, outdir, spec, device,
     guide = load_spec(spec, dev, quiet=quiet)
     model_info = {k: v for k, v in guide.info.items() if k != "config"}
     model_info.update(name=guide.name, checkpoint_name=guide.info.get("name"))
-    sweep(folder, began, {output_path.name} if output_path else None)
+    sweep(folder, began, {tasks[0].png.name} if output_path else None)
     written, busy = 0, 0
+    previews = types.SimpleNamespace(failed=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                   console=console, disable=quiet) as progress:
@@ -267,8 +277,13 @@ def run_generation(prompt, prompts_file, negative, output, outdir, spec, device,
             def on_step(info, per=per):
                 progress.update(per, completed=info.step,
                                 info=f"loss {info.loss.mean().item():.4f}")
-                if preview and info.render is not None:
-                    save_image(Path(preview), info.render()[0].cpu(), {"step": info.step})
+                if preview and info.render is not None and not previews.failed:
+                    try:
+                        save_image(Path(preview), info.render()[0].cpu(), {"step": info.step})
+                    except OSError as exc:  # a preview is a view of the run, never its end
+                        previews.failed = True
+                        click.echo(f"note: stopped writing the preview {preview}: "
+                                   f"{exc.strerror or exc}", err=True)
 
             try:
                 result = run_batch(guide, claims, model_info, on_step, run.video)

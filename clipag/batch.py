@@ -123,6 +123,10 @@ def task_key(prompt: str, negatives: Sequence[str], negative_weight: float, seed
     settings.pop("canvas")
     if config.canvas.name != "pixels":
         settings["canvas"] = config.canvas.active()
+        settings.pop("threshold")  # the pixels' projection only
+        if not CANVASES[config.canvas.name].from_images:  # no start image: no start settings
+            for name in ("init", "init_image", "init_candidates", "flow"):
+                settings.pop(name)
     if config.keep == "best":
         settings.pop("keep")
     if config.anchor is None or config.anchor_side is None:
@@ -442,7 +446,7 @@ def release(claims: list[Claim]) -> None:
         c.lock.release()
 
 
-_PART = re.compile(r"^\.(?P<name>.+\.(?:png|json|gif|svg|jpe?g|webp))\.[A-Za-z0-9_]{8}\.part$")
+_PART = re.compile(r"^\.(?P<name>.+\.(?:png|json|gif|mp4|svg|jpe?g|webp))\.[A-Za-z0-9_]{8}\.part$")
 _ASIDE = re.compile(r"^\..+\.lock\.\d+\.[0-9a-f]{8}\.stale$")
 
 

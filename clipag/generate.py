@@ -351,6 +351,7 @@ def generate(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gene
     result = optimise(model, start.targets, canvas, config, on_step)
     seconds = (time.perf_counter() - began) / len(start.seeds)
     settings = _jsonable(dataclasses.asdict(config))
+    canvas = result.canvas  # the kept state (a staged run resizes the canvas it was given)
     init = init_name(config, start.source) if canvas.from_images else f"{canvas.name} (from the seed)"
     records, files = [], []
     for b, prompt in enumerate(prompts if not isinstance(prompts, str) else [prompts]):

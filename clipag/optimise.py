@@ -144,7 +144,8 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor | Canvas,
     size = first.shape[-1]
     anchor = layout(first, config.anchor_side or ANCHOR_SIDE) if config.anchor else None
     if not config.scales:
-        return _optimise_stage(guide, targets, canvas, config, on_step, anchor=anchor)
+        return _optimise_stage(guide, targets, canvas, config, on_step, anchor=anchor,
+                               total_steps=config.steps)
     frames, done, result = [], 0, None
     for side, steps in stage_plan(size, config.scales, config.steps):
         canvas = canvas.resized(side)
@@ -156,7 +157,7 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor | Canvas,
         tv = config.tv_weight * side / size if config.tv_by_side else config.tv_weight
         stage = dataclasses.replace(config, steps=steps, scales=(), tv_weight=tv)
         result = _optimise_stage(guide, targets, canvas, stage, shifted, first_step=done,
-                                 anchor=anchor)
+                                 anchor=anchor, total_steps=config.steps)
         frames += [resample(f, size) if f.shape[-1] != size else f for f in result.frames]
         done += steps
     return dataclasses.replace(result, frames=frames)
@@ -164,7 +165,11 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor | Canvas,
 
 def _optimise_stage(guide: Guide, targets: Targets, canvas: Canvas, config: "GenerateConfig",
                     on_step: Callable[[StepInfo], None] | None = None, first_step: int = 0,
-                    anchor: torch.Tensor | None = None) -> Result:
+                    anchor: torch.Tensor | None = None, total_steps: int | None = None
+                    ) -> Result:
+    """One stage: `config.steps` steps, the first numbered `first_step` + 1 of the run's
+    `total_steps` (learning-rate schedules are fractions of the whole run)."""
+    total_steps = total_steps or config.steps
     device = guide.device
     guide.model.requires_grad_(False)
     views = Views(guide.image_size, config.views).to(device)
@@ -189,7 +194,7 @@ def _optimise_stage(guide: Guide, targets: Targets, canvas: Canvas, config: "Gen
     for step in range(1, config.steps + 1):
         for group, g in zip(optimizer.param_groups, groups):
             if g.schedule:
-                group["lr"] = g.lr * lr_factor(g.schedule, first_step + step, config.steps)
+                group["lr"] = g.lr * lr_factor(g.schedule, first_step + step, total_steps)
         optimizer.zero_grad(set_to_none=True)
         image = canvas.render()
         loss_g, loss_p = step_gradient(guide, views, image, targets, config, rows, use_amp,

@@ -237,3 +237,34 @@ def test_generate_takes_every_canvas_from_a_prompts_file(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "x", "canvas": "oil"}) + "\n")
     code, out = run(["generate", "-f", "bad.jsonl", "--steps", "2", "-q"], tmp_path)
     assert code == 2 and "unknown canvas 'oil'" in out and "bad.jsonl:1" in out
+
+
+def test_draw_task_keys_ignore_start_settings_strokes_never_use():
+    from clipag.batch import task_key
+
+    base = recipe_config("clipdraw")
+    key = task_key("a red circle", (), 0.3, 0, base, {"model": "m"})
+    for change in ({"init": "noise"}, {"init_candidates": 7}, {"threshold": 0.5}):
+        assert task_key("a red circle", (), 0.3, 0, dataclasses.replace(base, **change),
+                        {"model": "m"}) == key
+    strokes = dataclasses.replace(base.canvas.strokes, count=12)
+    other = dataclasses.replace(base, canvas=dataclasses.replace(base.canvas, strokes=strokes))
+    assert task_key("a red circle", (), 0.3, 0, other, {"model": "m"}) != key
+
+
+def test_generate_with_the_clipdraw_recipe_weighs_negatives_as_draw_does(tmp_path):
+    code, out = run(["generate", "a red circle", "--recipe", "clipdraw", *FAST, "-n", "a cross",
+                     "-o", "x.png"], tmp_path)
+    assert code == 0, out
+    assert json.loads((tmp_path / "x.json").read_text())["negative_weight"] == 0.3
+    code, out = run(["draw", "a red circle", "--recipe", "clipag", *FAST, "-o", "y.png"],
+                    tmp_path)
+    assert code == 0, out  # draw draws strokes whatever recipe it starts from
+    assert (tmp_path / "y.svg").is_file()
+
+
+def test_video_without_frames_is_refused(tmp_path):
+    code, out = run(["draw", "a red circle", *FAST, "--video", "--save-every", "0"], tmp_path)
+    assert code == 2 and "--video needs frames" in out
+    code, out = run(["draw", "a red circle", *FAST, "--device", "bogus"], tmp_path)
+    assert code == 2 and "unknown device" in out
