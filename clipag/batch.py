@@ -494,8 +494,7 @@ def sweep(folder: Path, before: float, names: set[str] | None = None) -> int:
 def run_batch(guide: Guide, claims: list[Claim], model_info: dict[str, Any],
               on_step: Callable[[StepInfo], None] | None = None, video: bool = False
               ) -> Generation:
-    """Make and save one batch of claimed images with the same settings: GIF (or MP4 with
-    `video`), the canvas's extra files, sidecar, then the image last, each atomically."""
+    """Make and save one batch of claimed images with the same settings (see `write_outputs`)."""
     tasks = [c.task for c in claims]
     config = tasks[0].config
     result = generate([t.prompt for t in tasks], guide, config, [t.seed for t in tasks],
@@ -503,19 +502,48 @@ def run_batch(guide: Guide, claims: list[Claim], model_info: dict[str, Any],
     for b, c in enumerate(claims):
         meta = {**result.records[b], "model": model_info, "task": c.task.key,
                 "negative_weight": c.task.negative_weight}
-        path = c.png
-        try:
-            if result.frames:
-                frames = [f[b] for f in result.frames] + [result.images[b]]
-                path = c.png.with_suffix(".mp4" if video else ".gif")
-                (save_video if video else save_gif)(path, frames)
-            for suffix, text in (result.files[b] if result.files else {}).items():
-                path = c.png.with_suffix(suffix)
-                write_text_atomic(path, text)
-            path = c.png.with_suffix(".json")
-            save_sidecar(path, meta)
-            path = c.png
-            save_image(path, result.images[b], meta)
-        except OSError as exc:
-            raise WriteError(f"could not write {path}: {exc.strerror or exc}") from None
+        files = dict(result.files[b]) if result.files else {}
+        frames = [f[b] for f in result.frames] + [result.images[b]] if result.frames else []
+        write_outputs(c.png, result.images[b], meta, files, frames, video)
     return result
+
+
+def write_outputs(png: Path, image, meta: dict[str, Any], files: dict[str, str],
+                  frames: list, video: bool = False) -> None:
+    """One image's files as one change: its GIF (or MP4), its canvas's extra files, its
+    sidecar, then the image last, each atomically. Whatever an earlier run left under these
+    names is moved aside first and deleted only once all are written; if a write fails, the
+    new files go and the old ones come back, so an image and its sidecar always describe the
+    same run (never an old image under a new sidecar, which a rerun would take as finished)."""
+    movie = png.with_suffix(".mp4" if video else ".gif") if frames else None
+    # every companion an earlier run may have written, whether this run writes it or not
+    targets = list(dict.fromkeys(png.with_suffix(s) for s in (
+        ".gif", ".mp4", ".svg", *files, ".json", png.suffix)))
+    aside: list[tuple[Path, Path]] = []
+    path, writing = png, False
+    try:
+        for p in targets:
+            if p.exists() or p.is_symlink():
+                hidden = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.part")
+                os.replace(p, hidden)
+                aside.append((p, hidden))
+        writing = True
+        if movie is not None:
+            path = movie
+            (save_video if video else save_gif)(movie, frames)
+        for suffix, text in files.items():
+            path = png.with_suffix(suffix)
+            write_text_atomic(path, text)
+        path = png.with_suffix(".json")
+        save_sidecar(path, meta)
+        path = png
+        save_image(png, image, meta)
+    except OSError as exc:
+        if writing:  # every old file is aside: what stands under the names is new
+            for p in targets:
+                p.unlink(missing_ok=True)
+        for p, hidden in aside:
+            os.replace(hidden, p)
+        raise WriteError(f"could not write {path}: {exc.strerror or exc}") from None
+    for _, hidden in aside:
+        hidden.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ import time
 
 import click
 import pytest
+import torch
 
 from clipag.batch import (HOST, RunConfig, batches, claim, claim_batch, file_fingerprint,
                           finished, lock_path, model_identity, plan, rank_and_world, release,
@@ -317,3 +318,32 @@ def test_output_formats_come_from_the_suffix(name, fmt, tmp_path):
     else:
         with pytest.raises(ClipagError, match="name it .png, .jpg, .jpeg or .webp"):
             image_format(tmp_path / name)
+
+
+def test_a_failed_overwrite_keeps_the_old_image_and_sidecar_together(tmp_path, monkeypatch):
+    """The image write fails after the new sidecar was written: the old image and the old
+    sidecar come back, nothing new stays, so no rerun takes an old image as the new task's."""
+    from clipag import batch
+
+    png = tmp_path / "x.png"
+    png.write_bytes(b"old image")
+    png.with_suffix(".json").write_text('{"task": "old"}')
+    png.with_suffix(".gif").write_bytes(b"old gif")
+
+    def full_disk(path, image, meta):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(batch, "save_image", full_disk)
+    frames = [torch.zeros(3, 8, 8)] * 2
+    with pytest.raises(batch.WriteError, match="No space left"):
+        batch.write_outputs(png, torch.zeros(3, 8, 8), {"task": "new"}, {".svg": "<svg/>"},
+                            frames)
+    assert png.read_bytes() == b"old image"
+    assert png.with_suffix(".json").read_text() == '{"task": "old"}'
+    assert png.with_suffix(".gif").read_bytes() == b"old gif"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.gif", "x.json", "x.png"]
+    monkeypatch.undo()
+    batch.write_outputs(png, torch.zeros(3, 8, 8), {"task": "new"}, {}, [])
+    assert '"task": "new"' in png.with_suffix(".json").read_text()
+    assert png.read_bytes() != b"old image"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.png"]  # old GIF gone
