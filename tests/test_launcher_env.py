@@ -32,3 +32,10 @@ def test_a_broken_launcher_environment_is_one_error(tmp_path, world_captions, mo
     assert len(errors) == 1 and message in errors[0], result.output
     assert "Traceback" not in result.output
     assert not any(p.suffix == ".safetensors" for p in tmp_path.iterdir())
+
+
+def test_robustify_refuses_a_guide_mix_by_name(tmp_path, world_captions):
+    result = CliRunner().invoke(cli, ["robustify", str(world_captions), "-m",
+                                      "world-robust*1+world-vanilla", "--steps", "1", "-o",
+                                      str(tmp_path / "r.safetensors")], standalone_mode=True)
+    assert result.exit_code == 2 and "is a mix of guides" in result.output, result.output
