@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -268,6 +269,9 @@ def check_writable(folder: Path) -> None:
     folder = Path(folder)
     probe = folder
     while not probe.exists():
+        if probe.is_symlink():  # a link to nothing, or a loop of links
+            raise ClipagError(f"cannot write to {folder}: {probe} is a symlink that leads "
+                              "nowhere")
         if probe.parent == probe:
             break
         probe = probe.parent
@@ -294,7 +298,13 @@ def lock_path(png: Path) -> Path:
     return png.with_name(f".{png.name}.lock")
 
 
+LOCK_FIELDS = ("pid", "host", "task")  # what every lock clipag writes holds
+
+
 def _read_lock(lock: Path) -> tuple[bytes, dict[str, Any] | None]:
+    """A lock's bytes and its fields (None where it is not a complete clipag lock). Only a
+    regular file is read: a FIFO would block the read forever."""
+    check_lock_entry(lock)
     try:
         raw = lock.read_bytes()
     except OSError:
@@ -303,7 +313,25 @@ def _read_lock(lock: Path) -> tuple[bytes, dict[str, Any] | None]:
         info = json.loads(raw)
     except ValueError:
         return raw, None
-    return raw, info if isinstance(info, dict) else None
+    if not isinstance(info, dict) or not all(k in info for k in LOCK_FIELDS):
+        return raw, None
+    return raw, info
+
+
+def check_lock_entry(lock: Path) -> None:
+    """A lock name taken by something that is not a regular file (a folder, a FIFO, a link)
+    is no lock clipag wrote and nothing clipag may delete: one clear error."""
+    try:
+        mode = os.lstat(lock).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ClipagError(f"cannot read the lock {lock}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a symlink" if stat.S_ISLNK(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file")
+        raise ClipagError(f"{lock} is {kind}, not a lock clipag wrote: move it away, then "
+                          "rerun")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -450,6 +478,22 @@ _PART = re.compile(r"^\.(?P<name>.+\.(?:png|json|gif|mp4|svg|jpe?g|webp))\.[A-Za
 _ASIDE = re.compile(r"^\..+\.lock\.\d+\.[0-9a-f]{8}\.stale$")
 
 
+def _regular(path: Path) -> bool:
+    """A regular file itself (not through a link)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _held(lock: Path) -> bool:
+    """Whether a lock may still be held (a live holder, or anything odd under its name)."""
+    try:
+        return lock.exists() and not is_stale(lock, _read_lock(lock)[1])
+    except ClipagError:
+        return True
+
+
 def sweep(folder: Path, before: float, names: set[str] | None = None) -> int:
     """Clear what killed runs left in `folder`: stale locks, and hidden `.NAME.*.part`
     temporaries older than `before` (the run's start) whose output is not claimed by a live
@@ -460,8 +504,8 @@ def sweep(folder: Path, before: float, names: set[str] | None = None) -> int:
     removed = 0
     for entry in folder.iterdir():
         n = entry.name
-        if not n.startswith("."):
-            continue
+        if not n.startswith(".") or not _regular(entry):
+            continue  # odd entries (folders, FIFOs, links) are never clipag's to clear
         try:
             if n.endswith(".lock"):
                 if names is not None and n[1:-5] not in names:
@@ -475,9 +519,7 @@ def sweep(folder: Path, before: float, names: set[str] | None = None) -> int:
                 owners = [f".{png.name}{ext}.lock" for ext in (".png", ".jpg", ".jpeg", ".webp")]
                 if names is not None and not any(o[1:-5] in names for o in owners):
                     continue
-                live = any((folder / o).exists() and not is_stale(folder / o,
-                                                                  _read_lock(folder / o)[1])
-                           for o in owners)
+                live = any(_held(folder / o) for o in owners)
                 if entry.stat().st_mtime < before and not live:
                     entry.unlink()
                     removed += 1

@@ -11,7 +11,8 @@ import click
 import pytest
 import torch
 
-from clipag.batch import (HOST, RunConfig, batches, claim, claim_batch, file_fingerprint,
+from clipag.batch import (HOST, RunConfig, batches, check_writable, claim, claim_batch,
+                          file_fingerprint,
                           finished, lock_path, model_identity, plan, rank_and_world, release,
                           share, state, sweep, try_lock)
 from clipag.cli.generate_cmd import generate_cmd
@@ -347,3 +348,43 @@ def test_a_failed_overwrite_keeps_the_old_image_and_sidecar_together(tmp_path, m
     assert '"task": "new"' in png.with_suffix(".json").read_text()
     assert png.read_bytes() != b"old image"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.png"]  # old GIF gone
+
+
+@pytest.mark.parametrize("odd", ["folder", "fifo", "dangling"])
+def test_an_odd_entry_under_a_lock_name_is_one_error_and_never_touched(tmp_path, odd):
+    from clipag.errors import ClipagError
+
+    png = tmp_path / "x.png"
+    lock = lock_path(png)
+    if odd == "folder":
+        lock.mkdir()
+    elif odd == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ClipagError, match="not a lock clipag wrote"):
+        try_lock(png, "k")
+    assert os.path.lexists(lock)
+    assert sweep(tmp_path, time.time() + 60) == 0  # clean-up passes it by, no crash
+    assert os.path.lexists(lock)
+
+
+def test_a_lock_without_clipag_fields_is_reclaimed_once_old(tmp_path):
+    png = tmp_path / "x.png"
+    lock = lock_path(png)
+    lock.write_text("{}")
+    old = time.time() - 120
+    os.utime(lock, (old, old))
+    claimed, holder = try_lock(png, "k")
+    assert claimed is not None and holder is None
+
+
+def test_a_dangling_output_folder_link_is_one_error(tmp_path):
+    from clipag.errors import ClipagError
+
+    (tmp_path / "out").symlink_to(tmp_path / "missing")
+    with pytest.raises(ClipagError, match="leads nowhere"):
+        check_writable(tmp_path / "out")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(ClipagError, match="leads nowhere"):
+        check_writable(tmp_path / "loop" / "deeper")
