@@ -208,6 +208,10 @@ def unwrap(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ClipagError(f"{path}: holds no tensors")
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # a model with NaN weights makes black images that look finished
+        raise ClipagError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite numbers "
+                          f"({', '.join(sorted(bad)[:3])}{', ...' if len(bad) > 3 else ''})")
     return tensors
 
 

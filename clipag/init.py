@@ -89,8 +89,31 @@ class GaussianMixture:
             raise ClipagError(f"corrupt initializer file {path}: {exc}") from None
         if meta.get("kind") != "gmm" or set(tensors) != {"weights", "means", "factors", "diag"}:
             raise ClipagError(f"{path} is not a clipag Gaussian-mixture initializer")
-        return cls(tensors["weights"], tensors["means"], tensors["factors"], tensors["diag"],
-                   int(meta["resolution"]))
+        return cls(*check_mixture(tensors, meta.get("resolution"), path))
+
+
+def check_mixture(t: dict[str, torch.Tensor], resolution, path) -> tuple:
+    """A mixture file's fields checked like flags: shapes that agree with each other and with
+    the resolution, finite numbers, weights >= 0 with a positive sum, variances >= 0."""
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or \
+            not 1 <= resolution <= 256:
+        raise ClipagError(f"{path}: resolution must be a whole number in 1..256, got "
+                          f"{resolution!r}")
+    w, m, f, d = (t[k].float() for k in ("weights", "means", "factors", "diag"))
+    k, dim = w.shape[0] if w.dim() == 1 else -1, 3 * resolution * resolution
+    if (w.dim() != 1 or k < 1 or m.shape != (k, dim) or f.dim() != 3
+            or f.shape[:2] != (k, dim) or d.shape != (k, dim)):
+        raise ClipagError(f"{path}: mixture shapes do not fit together (weights "
+                          f"{tuple(w.shape)}, means {tuple(m.shape)}, factors {tuple(f.shape)}, "
+                          f"diag {tuple(d.shape)}, resolution {resolution})")
+    for name, x in (("weights", w), ("means", m), ("factors", f), ("diag", d)):
+        if not torch.isfinite(x).all():
+            raise ClipagError(f"{path}: the mixture's {name} hold NaN or infinite numbers")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ClipagError(f"{path}: the mixture's weights must be >= 0 with a positive sum")
+    if (d < 0).any():
+        raise ClipagError(f"{path}: the mixture's variances (diag) must be >= 0")
+    return w, m, f, d, resolution
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:

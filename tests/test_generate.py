@@ -426,3 +426,30 @@ def test_prepare_reuses_a_given_source(tiny_guide):
     noisy = prepare(["a red circle", "a blue square"], tiny_guide, config, seeds=[2, 3],
                     source=None)  # None: no mixture, noise starts
     assert not torch.equal(noisy.images, direct)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"weights": lambda t: t.fill_(float("nan"))}, "NaN or infinite"),
+    ({"weights": lambda t: t.zero_()}, "positive sum"),
+    ({"diag": lambda t: t.fill_(-1.0)}, "variances"),
+    ({"factors": lambda t: t[..., :1, :]}, "shapes do not fit"),
+    ({"resolution": "abc"}, "resolution must be a whole number"),
+])
+def test_bad_mixture_fields_are_one_error(tmp_path, change, message):
+    import json as _json
+
+    from safetensors.torch import load_file, save_file
+
+    from clipag.init import DEFAULT_GMM, GaussianMixture
+
+    tensors = {k: v.clone() for k, v in load_file(str(DEFAULT_GMM)).items()}
+    meta = {"kind": "gmm", "resolution": 16}
+    for key, edit in change.items():
+        if key == "resolution":
+            meta["resolution"] = edit
+        else:
+            tensors[key] = edit(tensors[key]).contiguous()
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path), metadata={"clipag": _json.dumps(meta)})
+    with pytest.raises(ClipagError, match=message):
+        GaussianMixture.load(path)

@@ -168,3 +168,13 @@ def test_a_pickle_calling_os_system_is_refused_by_name_and_never_runs(tmp_path):
     assert "--trust-checkpoint" in message
     assert "weights_only" not in message and "corrupt" not in message  # no torch advice
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_guide_with_non_finite_weights_is_refused(tmp_path, tiny_guide, value):
+    state = dict(tiny_guide.model.state_dict())
+    state["ln_final.weight"] = state["ln_final.weight"].clone().fill_(value)
+    path = tmp_path / "nan.safetensors"
+    save_checkpoint(path, state, {"arch": "clipag-tiny"})
+    with pytest.raises(ClipagError, match="NaN or infinite.*ln_final.weight"):
+        load_guide(ModelSpec(checkpoint=str(path)), CPU)
