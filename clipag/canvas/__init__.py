@@ -23,7 +23,4 @@ def build(config, images: torch.Tensor | None, seeds, size: int,
           device: torch.device | str = "cpu") -> Canvas:
     """The canvas `config.canvas.name` for B = len(seeds) images of side `size`, from start
     images (B, 3, size, size) where the canvas takes them, else from each image's seed."""
-    cls = CANVASES[config.canvas.name]
-    if cls is Strokes:
-        return Strokes.create(config, None, seeds, size, device)
-    return cls.create(config, images.to(device), seeds, size)
+    return CANVASES[config.canvas.name].create(config, images, seeds, size, device)

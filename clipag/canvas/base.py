@@ -32,6 +32,13 @@ class Canvas:
     suffixes: tuple[str, ...] = ()  # the extra files `files` writes beside the image
     groups: list[ParamGroup]
 
+    @classmethod
+    def create(cls, config, images: torch.Tensor | None, seeds, size: int,
+               device=None) -> "Canvas":
+        """B = len(seeds) images of side `size` on `device`, from the start images (B, 3, size,
+        size) where the canvas takes them (`from_images`), else from each image's seed."""
+        raise NotImplementedError
+
     def render(self) -> torch.Tensor:
         raise NotImplementedError
 

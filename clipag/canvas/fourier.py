@@ -38,8 +38,8 @@ class Fourier(Canvas):
         self.groups = [ParamGroup("spectrum", value, lr, weight_decay)]
 
     @classmethod
-    def create(cls, config, images: torch.Tensor, seeds, size: int) -> "Fourier":
-        return cls(images, config.canvas.fourier.decay, config.learning_rate, config.weight_decay)
+    def create(cls, config, images: torch.Tensor, seeds, size: int, device=None) -> "Fourier":
+        return cls(images.to(device), config.canvas.fourier.decay, config.learning_rate, config.weight_decay)
 
     def render(self) -> torch.Tensor:
         spectrum = torch.view_as_complex(self.groups[0].tensor) * self.scale

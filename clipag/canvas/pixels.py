@@ -40,8 +40,8 @@ class Pixels(Canvas):
         self.groups = [ParamGroup("pixels", pixels, lr, weight_decay)]
 
     @classmethod
-    def create(cls, config, images: torch.Tensor, seeds, size: int) -> "Pixels":
-        return cls(images, config.learning_rate, config.weight_decay, config.threshold)
+    def create(cls, config, images: torch.Tensor, seeds, size: int, device=None) -> "Pixels":
+        return cls(images.to(device), config.learning_rate, config.weight_decay, config.threshold)
 
     def render(self) -> torch.Tensor:
         return self.groups[0].tensor

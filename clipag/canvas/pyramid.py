@@ -37,8 +37,8 @@ class Pyramid(Canvas):
                                           lr, weight_decay))
 
     @classmethod
-    def create(cls, config, images: torch.Tensor, seeds, size: int) -> "Pyramid":
-        return cls(images, config.canvas.pyramid.levels, config.learning_rate, config.weight_decay)
+    def create(cls, config, images: torch.Tensor, seeds, size: int, device=None) -> "Pyramid":
+        return cls(images.to(device), config.canvas.pyramid.levels, config.learning_rate, config.weight_decay)
 
     def render(self) -> torch.Tensor:
         total = 0
