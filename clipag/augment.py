@@ -23,6 +23,14 @@ clamped to [0, 1]. The colour jitter is the same in both styles.
 global view is a random perspective warp (distortion 0.5, white shown where the warp leaves
 the image), then a random resized crop of 70-90% of the area, at the model's input side; no
 noise, colour jitter or cutout. Patch views, if asked for, are crops as in the clipag style.
+
+`style="clipstyler"` draws the views as CLIPStyler does: each global view is the whole image
+at the model's input side, unaugmented; each patch view a square crop (a side of
+`patch_fraction` of the image's shorter side) under a random perspective warp (distortion 0.5,
+black where the warp leaves the crop).
+
+Images need not be square: a global view is the whole image resized to the model's square
+input, a patch view a square window of the image.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import torch.nn.functional as F
 from .errors import ClipagError
 
 
-VIEW_STYLES = ("clipag", "reference", "clipdraw")
+VIEW_STYLES = ("clipag", "reference", "clipdraw", "clipstyler")
 
 
 @dataclass(frozen=True)
@@ -120,11 +128,18 @@ def random_affine(x: torch.Tensor, u: torch.Tensor, translate: float,
 
 
 def random_crop(x: torch.Tensor, u: torch.Tensor, fraction: float, size: int) -> torch.Tensor:
-    """A square window of side `fraction` of each image's side, its position uniform over the
-    image (u (n, 2): uniform numbers in [0, 1) for x, y), resampled to size x size."""
-    centre = (2 * u - 1) * (1 - fraction)  # the window's centre, normalised
-    f = torch.full_like(u[:, 0], fraction)
-    return _warp(x, _affine(f, centre[:, 0], centre[:, 1]), (size, size))
+    """A square window of side `fraction` of each image's shorter side, its position uniform
+    over the image (u (n, 2): uniform numbers in [0, 1) for x, y), resampled to size x size."""
+    h, w = x.shape[-2:]
+    fx, fy = fraction * min(h, w) / w, fraction * min(h, w) / h  # as fractions of each axis
+    cx, cy = (2 * u[:, 0] - 1) * (1 - fx), (2 * u[:, 1] - 1) * (1 - fy)  # normalised centre
+    if fx == fy:
+        theta = _affine(torch.full_like(u[:, 0], fx), cx, cy)
+    else:
+        zero = torch.zeros_like(cx)
+        theta = torch.stack([torch.full_like(cx, fx), zero, cx, zero, torch.full_like(cy, fy), cy],
+                            dim=1).view(-1, 2, 3)
+    return _warp(x, theta, (size, size))
 
 
 def cutout(x: torch.Tensor, u: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -152,7 +167,7 @@ class Views(torch.nn.Module):
         side = cfg.patch_fraction  # only the reference style crops with kornia, as the notebook
         self.crop = K.RandomResizedCrop((size, size), scale=(side * side, side * side),
                                         ratio=(1.0, 1.0), p=1.0) if cfg.style == "reference" else None
-        if cfg.style == "clipdraw":
+        if cfg.style in ("clipdraw", "clipstyler"):
             self.perspective = K.RandomPerspective(distortion_scale=0.5, p=1.0)
             self.resized_crop = K.RandomResizedCrop((size, size), scale=(0.7, 0.9), p=1.0)
 
@@ -174,6 +189,8 @@ class Views(torch.nn.Module):
             return self._reference(images)
         if self.cfg.style == "clipdraw":
             return self._clipdraw(images)
+        if self.cfg.style == "clipstyler":
+            return self._clipstyler(images)
         cfg = self.cfg
         b = images.shape[0]
         n_patch = b * cfg.patch_views
@@ -226,6 +243,18 @@ class Views(torch.nn.Module):
         x = images.repeat_interleave(cfg.global_views, dim=0)
         x = 1 - self.perspective(1 - x)  # zeros shifted in are white
         return self.resized_crop(x), patch_views
+
+    def _clipstyler(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIPStyler's views: the whole image as it is; square crops under a perspective."""
+        cfg = self.cfg
+        global_views = self._whole(images).repeat_interleave(cfg.global_views, dim=0)
+        patch_views = images.new_zeros(0, 3, self.size, self.size)
+        if cfg.patch_views:
+            u = torch.rand(images.shape[0] * cfg.patch_views, 2, device=images.device)
+            crops = random_crop(images.repeat_interleave(cfg.patch_views, dim=0), u,
+                                cfg.patch_fraction, self.size)
+            patch_views = self.perspective(crops)
+        return global_views, patch_views
 
     def _reference_augment(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

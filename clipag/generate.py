@@ -81,6 +81,8 @@ class GenerateConfig:
     view_batch: int = 0  # views per model pass (0 = all views of a step in one pass)
     canvas: CanvasConfig = field(default_factory=CanvasConfig)  # what represents the image
     keep: str = "best"  # the image kept: "best" (lowest loss seen) or "last"
+    # style transfer's settings (clipag.style.StyleConfig); None for generation
+    style: Any = None
 
     @property
     def learning_rate(self) -> float:
@@ -142,6 +144,8 @@ class GenerateConfig:
         if self.keep not in ("best", "last"):
             raise ClipagError(f"--keep must be best or last, got {self.keep!r}")
         _check_canvas(self)
+        if self.style is not None:
+            _check_declared(self, ("style",))
         check_init(self.init)
         if self.init.startswith("crossflow"):
             self.flow.validate()
@@ -265,6 +269,7 @@ class Generation:
     records: list[dict]  # per image, JSON-ready: prompt, parsed, negatives, seed, size, ...
     files: list[dict[str, str]] = field(default_factory=list)  # per image, the canvas's extra
     # files by suffix ({".svg": text} for strokes)
+    canvas: Any = None  # the canvas holding the kept state (a style U-Net's weights)
 
 
 @dataclass
@@ -363,7 +368,7 @@ def generate(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gene
             "batch": len(start.seeds), "best_loss": _finite(result.best_loss[b]),
             "score": _finite(result.score[b]), "seconds": round(seconds, 3),
             "device": str(model.device), "torch": torch.__version__})
-    return Generation(result.images, result.frames, records, files)
+    return Generation(result.images, result.frames, records, files, canvas)
 
 
 def resolved(config: GenerateConfig) -> GenerateConfig:
@@ -386,8 +391,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-GENERATE_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerateConfig)) - {"views", "flow",
-                                                                                 "canvas"}
+GENERATE_FIELDS = frozenset(f.name for f in dataclasses.fields(GenerateConfig)) - {
+    "views", "flow", "canvas", "style"}
 VIEW_FIELDS = frozenset(f.name for f in dataclasses.fields(ViewConfig))
 
 

@@ -20,7 +20,7 @@ from .augment import Views
 from .canvas import Canvas, build
 from .canvas.pixels import resample
 from .models import Guide
-from .targets import Targets, similarity, weighted_distance
+from .targets import Targets, floored, similarity, weighted_distance
 
 if TYPE_CHECKING:  # the settings object; only its fields are read here
     from .generate import GenerateConfig
@@ -80,11 +80,15 @@ def drift(pixels: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
     return (layout(pixels, side) - layout(anchor, side)).pow(2).flatten(1).mean(1)
 
 
-def penalty(pixels: torch.Tensor, config: "GenerateConfig", anchor: torch.Tensor | None
-            ) -> torch.Tensor | None:
-    """(B,) the image penalties of a step (smoothness, distance from the start's layout), or
-    None when both are off."""
-    terms = []
+Content = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) -> (B,) a penalty
+
+
+def penalty(pixels: torch.Tensor, config: "GenerateConfig", anchor: torch.Tensor | None,
+            content: Content | None = None) -> torch.Tensor | None:
+    """(B,) the image penalties of a step (smoothness, distance from the start's layout, and
+    `content`: a caller's own, such as style transfer's content loss), or None when all are
+    off."""
+    terms = [content(pixels)] if content is not None else []
     if config.tv_weight:
         terms.append(config.tv_weight * smoothness(pixels, config.tv_wrap))
     if config.anchor and anchor is not None:
@@ -120,7 +124,7 @@ def lr_factor(schedule: tuple[tuple[float, float], ...], step: int, steps: int) 
 
 def optimise(guide: Guide, targets: Targets, start: torch.Tensor | Canvas,
              config: "GenerateConfig", on_step: Callable[[StepInfo], None] | None = None,
-             seeds: list[int] | None = None) -> Result:
+             seeds: list[int] | None = None, content: Content | None = None) -> Result:
     """Optimise a canvas: `start` is one, or start images (B, 3, H, W) in [0, 1] from which
     `config.canvas` is built (`seeds` for the canvases that draw their own start). With
     `config.scales` (canvases that support them), coarse to fine: each stage starts from the
@@ -133,7 +137,10 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor | Canvas,
     With `config.anchor`, every stage is also charged for moving the layout (the average over
     an `anchor_side` grid) away from the start's: a trust region around the start image, so
     that the refiner adds detail to a draft's shapes instead of repainting them. (None is
-    off here; `generate` first resolves it from the start, see `for_start`.)"""
+    off here; `generate` first resolves it from the start, see `for_start`.)
+
+    `content`, where given, is one more penalty on every step's render (style transfer's
+    content loss: clipag.style)."""
     if isinstance(start, Canvas):
         canvas = start
     else:
@@ -145,7 +152,7 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor | Canvas,
     anchor = layout(first, config.anchor_side or ANCHOR_SIDE) if config.anchor else None
     if not config.scales:
         return _optimise_stage(guide, targets, canvas, config, on_step, anchor=anchor,
-                               total_steps=config.steps)
+                               total_steps=config.steps, content=content)
     frames, done, result = [], 0, None
     for side, steps in stage_plan(size, config.scales, config.steps):
         canvas = canvas.resized(side)
@@ -157,7 +164,7 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor | Canvas,
         tv = config.tv_weight * side / size if config.tv_by_side else config.tv_weight
         stage = dataclasses.replace(config, steps=steps, scales=(), tv_weight=tv)
         result = _optimise_stage(guide, targets, canvas, stage, shifted, first_step=done,
-                                 anchor=anchor, total_steps=config.steps)
+                                 anchor=anchor, total_steps=config.steps, content=content)
         frames += [resample(f, size) if f.shape[-1] != size else f for f in result.frames]
         done += steps
     return dataclasses.replace(result, frames=frames)
@@ -165,8 +172,8 @@ def optimise(guide: Guide, targets: Targets, start: torch.Tensor | Canvas,
 
 def _optimise_stage(guide: Guide, targets: Targets, canvas: Canvas, config: "GenerateConfig",
                     on_step: Callable[[StepInfo], None] | None = None, first_step: int = 0,
-                    anchor: torch.Tensor | None = None, total_steps: int | None = None
-                    ) -> Result:
+                    anchor: torch.Tensor | None = None, total_steps: int | None = None,
+                    content: Content | None = None) -> Result:
     """One stage: `config.steps` steps, the first numbered `first_step` + 1 of the run's
     `total_steps` (learning-rate schedules are fractions of the whole run)."""
     total_steps = total_steps or config.steps
@@ -198,7 +205,7 @@ def _optimise_stage(guide: Guide, targets: Targets, canvas: Canvas, config: "Gen
         optimizer.zero_grad(set_to_none=True)
         image = canvas.render()
         loss_g, loss_p = step_gradient(guide, views, image, targets, config, rows, use_amp,
-                                       anchor)
+                                       anchor, content)
         # a non-finite gradient (an fp16 overflow, a NaN from the model) moves nothing, rather
         # than turning the parameters into NaN for the rest of the run
         grads = [torch.nan_to_num(t.grad, nan=0.0, posinf=0.0, neginf=0.0)
@@ -234,7 +241,7 @@ def guide_score(guide: Guide, images: torch.Tensor, targets: Targets) -> torch.T
     """(B,) the guide's weighted cosine similarity of images (B, 3, H, W) to their prompts."""
     with torch.no_grad():
         x = images.to(guide.device)
-        if x.shape[-1] != guide.image_size:
+        if x.shape[-2:] != (guide.image_size, guide.image_size):
             x = torch.nn.functional.interpolate(x, size=(guide.image_size,) * 2, mode="bicubic",
                                                 align_corners=False).clamp(0, 1)
         return similarity(guide.encode_images(x), targets)
@@ -258,8 +265,8 @@ def view_rows(b: int, config: "GenerateConfig", device: torch.device
 
 def step_gradient(guide: Guide, views: Views, image: torch.Tensor, targets: Targets,
                   config: "GenerateConfig", rows: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  use_amp: bool = False, anchor: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  use_amp: bool = False, anchor: torch.Tensor | None = None,
+                  content: Content | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one step's views of `image` (B, 3, H, W), a canvas's render or a leaf) and
     accumulate the loss's gradient into the leaves it came from; return the per-image global
     and patch losses (B,), detached.
@@ -268,7 +275,8 @@ def step_gradient(guide: Guide, views: Views, image: torch.Tensor, targets: Targ
     time: all views are still drawn at once (the same randomness as one pass), each chunk's
     loss is its share of the full loss and its gradient is carried back to the views, then
     through the augmentations (and the canvas's render) in one pass, with the image penalties
-    (`penalty`: smoothness, and the distance from `anchor`, the start's layout) added once."""
+    (`penalty`: smoothness, the distance from `anchor`, the start's layout, and `content`)
+    added once. Directional targets' floor applies to the patch views."""
     device, b = image.device, image.shape[0]
     n_global, n_patch = config.views.global_views, config.views.patch_views
     with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -281,9 +289,10 @@ def step_gradient(guide: Guide, views: Views, image: torch.Tensor, targets: Targ
         emb_g = emb[:b * n_global].view(b, n_global, dim)
         emb_p = emb[b * n_global:].view(b, n_patch, dim)
         loss_g = weighted_distance(emb_g, targets) if n_global else torch.zeros(b, device=device)
-        loss_p = weighted_distance(emb_p, targets) if n_patch else torch.zeros(b, device=device)
+        loss_p = weighted_distance(emb_p, targets, targets.floor) if n_patch \
+            else torch.zeros(b, device=device)
         loss = (config.global_weight * loss_g + config.patch_weight * loss_p).sum()
-        extra = penalty(image, config, anchor)
+        extra = penalty(image, config, anchor, content)
         if extra is not None:
             loss = loss + extra.sum()
         loss.backward()
@@ -296,10 +305,13 @@ def step_gradient(guide: Guide, views: Views, image: torch.Tensor, targets: Targ
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             emb = guide.encode_images(leaf[part])
         d = weighted_distance(emb[:, None], targets.select(owner[part]))
+        if targets.floor:  # patch rows only
+            patch = torch.arange(i, i + len(d), device=device) >= b * n_global
+            d = torch.where(patch, floored(d, targets.floor), d)
         (share[part] * d).sum().backward()
         distances.append(d.detach())
     outputs, grads = [batch], [leaf.grad]
-    extra = penalty(image, config, anchor)
+    extra = penalty(image, config, anchor, content)
     if extra is not None:
         outputs.append(extra.sum())
         grads.append(None)

@@ -102,6 +102,14 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     _s("curve_samples", ["canvas", "strokes", "samples"], "int", 2, 256),
     _s("levels", ["canvas", "pyramid", "levels"], "int", 1, 16),
     _s("decay", ["canvas", "fourier", "decay"], "real", 0, 4),
+    _s("channels", ["canvas", "unet", "channels"], "int", 1, 256),
+    # style transfer (clipag.style.StyleConfig): `clipag style` only
+    _s("source", ["style", "source"], "text"),
+    _s("content", ["style", "metric"], "text"),
+    _s("content_weight", ["style", "content_weight"], "real", 0, 1e6),
+    _s("floor", ["style", "floor"], "real", 0, 2),
+    _s("content_crops", ["style", "content_crops"], "int", 0, 256),
+    _s("max_side", ["style", "max_side"], "int", 8, 4096),
     # run level (batch.RunConfig); a prompts-file line may set seed, samples and negative
     _s("seed", [], "int", 0, SEED_MAX),
     _s("samples", [], "int", 1, 100_000),
@@ -112,7 +120,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
 LINE_RUN_KEYS = ("seed", "samples", "negative", "negative_weight")  # run settings a line may set
 JSONL_KEYS: dict[str, Setting] = {
     key: s for s in SETTINGS.values()
-    if s.path or s.name in LINE_RUN_KEYS
+    if (s.path and s.path[0] != "style") or s.name in LINE_RUN_KEYS
     for key in (s.name, *s.aliases)}
 
 

@@ -6,17 +6,19 @@ from __future__ import annotations
 import torch
 
 from .base import Canvas, ParamGroup
-from .config import CANVAS_NAMES, CanvasConfig, FourierConfig, PyramidConfig, StrokesConfig
+from .config import (CANVAS_NAMES, CanvasConfig, FourierConfig, PyramidConfig, StrokesConfig,
+                     UNetConfig)
 from .fourier import Fourier
 from .pixels import Pixels, dynamic_threshold
 from .pyramid import Pyramid
 from .strokes import Strokes
+from .unet import UNet
 
-CANVASES: dict[str, type[Canvas]] = {c.name: c for c in (Pixels, Pyramid, Fourier, Strokes)}
+CANVASES: dict[str, type[Canvas]] = {c.name: c for c in (Pixels, Pyramid, Fourier, Strokes, UNet)}
 assert tuple(CANVASES) == CANVAS_NAMES
 
 __all__ = ["Canvas", "ParamGroup", "CANVASES", "CanvasConfig", "StrokesConfig", "PyramidConfig",
-           "FourierConfig", "build", "dynamic_threshold"]
+           "FourierConfig", "UNetConfig", "build", "dynamic_threshold"]
 
 
 def build(config, images: torch.Tensor | None, seeds, size: int,

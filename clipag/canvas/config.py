@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-CANVAS_NAMES = ("pixels", "pyramid", "fourier", "strokes")
+CANVAS_NAMES = ("pixels", "pyramid", "fourier", "strokes", "unet")
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,19 @@ class FourierConfig:
 
 
 @dataclass(frozen=True)
+class UNetConfig:
+    """A small U-Net rendering the image from the start (or content) image (CLIPStyler)."""
+
+    channels: int = 16  # at the top level, doubling at each of the 3 levels down
+
+
+@dataclass(frozen=True)
 class CanvasConfig:
     name: str = "pixels"
     strokes: StrokesConfig = field(default_factory=StrokesConfig)
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
     fourier: FourierConfig = field(default_factory=FourierConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
 
     def active(self) -> dict:
         """The settings of the canvas in use (what decides its images), for task keys."""
@@ -54,5 +62,5 @@ class CanvasConfig:
 
 # each canvas's main learning rate (pixels, pyramid levels, spectrum, stroke points) when
 # --lr is not given: the CLIPAG notebook's 0.0175 for pixels, the CLIPDraw notebook's 1.0
-# (pixel units) for stroke points
-DEFAULT_LR = {"pixels": 0.0175, "pyramid": 0.03, "fourier": 0.03, "strokes": 1.0}
+# (pixel units) for stroke points, CLIPStyler's 5e-4 for the U-Net's weights
+DEFAULT_LR = {"pixels": 0.0175, "pyramid": 0.03, "fourier": 0.03, "strokes": 1.0, "unet": 5e-4}
