@@ -224,6 +224,35 @@ def run_generation(prompt, prompts_file, negative, output, outdir, spec, device,
     tasks, changed = plan(jobs, config, run, model_identity(spec), tuple(negative), output_path,
                           recommended, explicit)
     folder = output_path.parent if output_path else Path(outdir)
+
+    def notes(todo):
+        if spec.model is None and spec.checkpoint is None and not quiet:
+            console.print(f"using the embedded default model {DEFAULT_PRESET} "
+                          f"({PRESETS[DEFAULT_PRESET].about}); pick another with --model")
+        if changed and not quiet:
+            console.print("with its recommended settings: " + " ".join(
+                as_flag(k, v) for k, v in changed.items()))
+        if preset is not None and preset.name in WORLD_PRESETS:
+            texts = [t.prompt for t in todo] + [n for t in todo for n in t.negatives]
+            unknown = unknown_words(texts, world_vocabulary())
+            if unknown:
+                shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)"
+                                                   if len(unknown) > 10 else "")
+                click.echo(f"note: {preset.name} knows only its procedural world's words "
+                           f"(colours, shapes, sizes, positions, counts, digits), not: {shown}; "
+                           f"for real prompts use --model {REAL_PRESET}", err=True)
+
+    execute(tasks, spec, device, folder, run, quiet, preview, began,
+            single=output_path is not None, notes=notes)
+
+
+def execute(tasks, spec, device, folder: Path, run: RunConfig, quiet: bool, preview, began: float,
+            single: bool = False, notes=None):
+    """Make the planned tasks this process's share holds, that are not finished: claim them
+    batch by batch, load the guide once, optimise, write (the runner of `generate`, `draw` and
+    `style`). `notes(todo)` prints what to tell the user before the work starts (rank 0).
+    Returns the last batch's result (None when nothing was made)."""
+    overwrite = run.overwrite
     check_writable(folder)
     rank, world, _ = rank_and_world()
     todo = tasks if overwrite else [t for t in tasks if finished(t) is None]
@@ -233,28 +262,15 @@ def run_generation(prompt, prompts_file, negative, output, outdir, spec, device,
     mine = [g for g in share(batches(tasks, run.batch_size), rank, world)
             if any(t.key in pending for t in g)]
     if not mine:
-        return
-    if spec.model is None and spec.checkpoint is None and not quiet and rank == 0:
-        console.print(f"using the embedded default model {DEFAULT_PRESET} "
-                      f"({PRESETS[DEFAULT_PRESET].about}); pick another with --model")
-    if changed and not quiet and rank == 0:
-        console.print("with its recommended settings: " + " ".join(
-            as_flag(k, v) for k, v in changed.items()))
-    if preset is not None and preset.name in WORLD_PRESETS and rank == 0:
-        texts = [t.prompt for t in todo] + [n for t in todo for n in t.negatives]
-        unknown = unknown_words(texts, world_vocabulary())
-        if unknown:
-            shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)"
-                                               if len(unknown) > 10 else "")
-            click.echo(f"note: {preset.name} knows only its procedural world's words (colours, "
-                       f"shapes, sizes, positions, counts, digits), not: {shown}; for real "
-                       f"prompts use --model {REAL_PRESET}", err=True)
+        return None
+    if notes is not None and rank == 0:
+        notes(todo)
     dev = resolve_device(device)
     guide = load_spec(spec, dev, quiet=quiet)
     model_info = {k: v for k, v in guide.info.items() if k != "config"}
     model_info.update(name=guide.name, checkpoint_name=guide.info.get("name"))
-    sweep(folder, began, {tasks[0].png.name} if output_path else None)
-    written, busy = 0, 0
+    sweep(folder, began, {tasks[0].png.name} if single else None)
+    written, busy, result = 0, 0, None
     previews = types.SimpleNamespace(failed=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -302,4 +318,5 @@ def run_generation(prompt, prompts_file, negative, output, outdir, spec, device,
     if busy:
         click.echo(f"note: {busy} image(s) were being made by another live process; "
                    "rerun later to check they finished", err=True)
+    return result
 

@@ -19,6 +19,8 @@ COMMANDS = {
                  "Make an image of PROMPT (or of every prompt in --prompts-file)."),
     "draw": ("generate_cmd", "draw_cmd",
              "Draw PROMPT with vector strokes (CLIPDraw under the guide; PNG + SVG)."),
+    "style": ("style_cmd", "style_cmd",
+              "Restyle images toward a text (CLIPStyler's directional loss under the guide)."),
     "robustify": ("robustify_cmd", "robustify_cmd",
                   "Adversarially fine-tune a CLIP into a robust guide (PGD in the loop)."),
     "eval": ("misc_cmd", "eval_cmd",

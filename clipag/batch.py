@@ -39,6 +39,7 @@ from .output import (companions, image_format, read_sidecar, save_gif, save_imag
                      save_video, slug)
 from .prompts import Job
 from .settings import SEED_MAX, SETTINGS, apply
+from .style import style
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,14 @@ def task_key(prompt: str, negatives: Sequence[str], negative_weight: float, seed
                 settings.pop(name)
     if config.keep == "best":
         settings.pop("keep")
-    if config.anchor is None or config.anchor_side is None:
+    if config.style is None:
+        settings.pop("style")
+    else:  # style transfer: no start settings; the content file itself is part of the task
+        for name in ("init", "init_image", "init_candidates", "flow", "size", "scales",
+                     "anchor", "anchor_side"):
+            settings.pop(name)
+        settings["content_file"] = file_fingerprint(Path(config.style.content))
+    if config.style is None and (config.anchor is None or config.anchor_side is None):
         # what an unset anchor becomes (generate.for_start): a new default is a new task
         settings["anchor_auto"] = [FLOW_ANCHOR, ANCHOR_SIDE]
     identity = {"prompt": prompt, "negatives": list(negatives),
@@ -210,16 +218,54 @@ def plan(jobs: list[Job], config: GenerateConfig, run: RunConfig, model: dict[st
     if output is not None:
         if len(tasks) > 1:
             raise ClipagError("--output names one file; use --outdir for several images")
-        output = tasks[0].png
-        image_format(output)
-        if output.exists() and output.is_dir():
-            raise ClipagError(f"--output {output} is a folder")
-        if not run.overwrite:
-            for path in companions(output, frames=bool(tasks[0].config.save_every),
-                                   extra=suffixes(tasks[0].config), video=run.video):
-                if path.exists():
-                    raise ClipagError(f"{path} exists; pass --overwrite to replace it")
+        check_output(tasks[0].png, tasks[0].config, run)
     return tasks, changed
+
+
+def plan_style(contents: list[Path], target: str, config: GenerateConfig, run: RunConfig,
+               model: dict[str, Any], output: Path | None = None) -> list[Task]:
+    """Every restyled image to make: each content image x samples, named after the content
+    and the target (`NAME-TARGET-sSEED.png`). The content files are checked readable here."""
+    tasks = []
+    if run.seed + run.samples - 1 > SEED_MAX:
+        raise ClipagError(f"seeds {run.seed}..{run.seed + run.samples - 1} pass the largest "
+                          f"seed {SEED_MAX}")
+    stems = [c.stem for c in contents]
+    for content in contents:
+        if not content.is_file():
+            raise ClipagError(f"content image not found: {content}")
+        cfg = dataclasses.replace(config, style=dataclasses.replace(config.style,
+                                                                     content=str(content)))
+        # two contents with one name (a/x.png, b/x.jpg) get their folder's name too
+        stem = content.stem if stems.count(content.stem) == 1 else \
+            f"{content.parent.name}-{content.stem}"
+        for s in range(run.samples):
+            seed = run.seed + s
+            key = task_key(target, (), 0.0, seed, cfg, model)
+            if output is not None:
+                names = (output,)
+            else:
+                name = f"{slug(stem, 40)}-{slug(target)}-s{seed}"
+                names = (Path(run.outdir) / f"{name}.png", Path(run.outdir) / f"{name}-{key[:8]}.png")
+            tasks.append(Task(target, (), 0.0, seed, cfg, key, names))
+    if output is not None:
+        if len(tasks) > 1:
+            raise ClipagError("--output names one file; use --outdir for several images")
+        check_output(output, tasks[0].config, run)
+    return tasks
+
+
+def check_output(output: Path, config: GenerateConfig, run: RunConfig) -> None:
+    """An --output that can be written: a known format, not a folder, and nothing it would
+    replace unless --overwrite."""
+    image_format(output)
+    if output.exists() and output.is_dir():
+        raise ClipagError(f"--output {output} is a folder")
+    if not run.overwrite:
+        for path in companions(output, frames=bool(config.save_every),
+                               extra=suffixes(config), video=run.video):
+            if path.exists():
+                raise ClipagError(f"{path} exists; pass --overwrite to replace it")
 
 
 def batches(tasks: list[Task], batch_size: int) -> list[list[Task]]:
@@ -539,8 +585,12 @@ def run_batch(guide: Guide, claims: list[Claim], model_info: dict[str, Any],
     """Make and save one batch of claimed images with the same settings (see `write_outputs`)."""
     tasks = [c.task for c in claims]
     config = tasks[0].config
-    result = generate([t.prompt for t in tasks], guide, config, [t.seed for t in tasks],
-                      [list(t.negatives) for t in tasks], tasks[0].negative_weight, on_step)
+    if config.style is not None:
+        result = style(None, [t.prompt for t in tasks], guide, config, [t.seed for t in tasks],
+                       on_step)
+    else:
+        result = generate([t.prompt for t in tasks], guide, config, [t.seed for t in tasks],
+                          [list(t.negatives) for t in tasks], tasks[0].negative_weight, on_step)
     for b, c in enumerate(claims):
         meta = {**result.records[b], "model": model_info, "task": c.task.key,
                 "negative_weight": c.task.negative_weight}

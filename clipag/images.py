@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -51,3 +52,46 @@ def decode_image(data: bytes | str | Path, size: int) -> torch.Tensor | None:
             return image_to_tensor(image, size)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return None
+
+
+def read_content(path: Path, fit: Callable[[int, int], tuple[int, int]]
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A still image file as RGB (3, h, w) floats in [0, 1] and its alpha (1, h, w) or None,
+    at the size `fit(height, width)` gives (resized before anything else is done with it, so a
+    huge image never stands in memory twice). 16-bit, CMYK, palette and greyscale images are
+    converted; a missing, unreadable, truncated or animated file is a ClipagError."""
+    from .errors import ClipagError
+
+    if not path.is_file():
+        raise ClipagError(f"content image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            if getattr(image, "n_frames", 1) > 1:
+                raise ClipagError(f"{path} is animated ({image.n_frames} frames): style a still "
+                                  "image (save the frame you want as a PNG)")
+            w, h = image.size
+            th, tw = fit(h, w)
+            if min(th, tw) < 8:
+                raise ClipagError(f"{path} is {w} x {h} pixels: style transfer needs at least "
+                                  "8 pixels on each side")
+            image.draft("RGB", (tw, th))  # a JPEG decodes at a reduced scale where it can
+            image.load()
+            alpha = None
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P"
+                                                      and "transparency" in image.info):
+                alpha = image.convert("RGBA").getchannel("A")
+            rgb = to_rgb(image)
+    except ClipagError:
+        raise
+    except Image.DecompressionBombError:
+        raise ClipagError(f"{path} is too large to decode safely (over "
+                          f"{Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise ClipagError(f"cannot read {path} as an image: {exc}") from None
+    if rgb.size != (tw, th):
+        rgb = rgb.resize((tw, th), Image.BICUBIC, reducing_gap=3.0)
+        alpha = alpha.resize((tw, th), Image.BILINEAR) if alpha is not None else None
+    tensor = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+    a = (torch.from_numpy(np.asarray(alpha, dtype=np.uint8).copy())[None].float() / 255
+         if alpha is not None else None)
+    return tensor.float() / 255, a

@@ -61,9 +61,9 @@ def to_json(meta: dict[str, Any], **kwargs) -> str:
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
-    """(3, H, W) in [0, 1] -> PIL RGB."""
+    """(3, H, W) in [0, 1] -> PIL RGB; (4, H, W) -> RGBA."""
     array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), "RGB")
+    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), "RGBA" if len(array) == 4 else "RGB")
 
 
 def slug(text: str, limit: int = 60) -> str:
@@ -84,6 +84,8 @@ def save_image(path: Path, image: torch.Tensor, meta: dict[str, Any]) -> Path:
     if fmt == "PNG":
         return save_png(path, image, meta)
     pil = to_pil(image)
+    if fmt == "JPEG" and pil.mode == "RGBA":  # JPEG has no alpha channel
+        pil = pil.convert("RGB")
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     return write_atomic(path, lambda tmp: pil.save(tmp, format=fmt, **options))
 

@@ -48,15 +48,26 @@ def classify_shape(mask: np.ndarray) -> str:
     return "triangle" if lower > 0.62 else "cross"
 
 
-def read_image(image) -> dict[str, object]:
-    """Everything the judge sees in an image (3, H, W) tensor in [0, 1] or PIL image."""
-    a = _array(image)
-    h, w, _ = a.shape
+def _background(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The median colour of the border ring, the mask of pixels far from it, the ring's width."""
+    h = a.shape[0]
     ring = max(1, h // 32)
     border = np.concatenate([a[:ring].reshape(-1, 3), a[-ring:].reshape(-1, 3),
                              a[:, :ring].reshape(-1, 3), a[:, -ring:].reshape(-1, 3)])
     bg_rgb = np.median(border, axis=0)
-    mask = np.sqrt(((a - bg_rgb) ** 2).sum(-1)) > 60
+    return bg_rgb, np.sqrt(((a - bg_rgb) ** 2).sum(-1)) > 60, ring
+
+
+def foreground(image) -> np.ndarray:
+    """(H, W) bool: the pixels the judge takes for objects (far from the background colour)."""
+    return _background(_array(image))[1]
+
+
+def read_image(image) -> dict[str, object]:
+    """Everything the judge sees in an image (3, H, W) tensor in [0, 1] or PIL image."""
+    a = _array(image)
+    h, w, _ = a.shape
+    bg_rgb, mask, ring = _background(a)
     labels, n = ndimage.label(mask)
     sizes = ndimage.sum(mask, labels, range(1, n + 1)) if n else np.array([])
     min_area = 0.008 * h * w

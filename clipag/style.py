@@ -1,0 +1,186 @@
+"""Text-guided style transfer (CLIPStyler, Kwon & Ye 2022) under any guide: restyle a content
+image so that its embedding moves the way the text moves from a source ("a photo") to the
+target, while a content metric keeps what the image shows. `style` is the one entry point.
+
+The same loop as generation (clipag.optimise) drives it; what differs is the start (the content
+image at its own size and aspect), the targets (directional: clipag.targets.encode_directions)
+and one more penalty (the content distance: clipag.content). The canvas is the content's own
+pixels, or CLIPStyler's U-Net rendering from the content (`--recipe clipstyler`), whose trained
+weights restyle other images in one pass (`apply_net`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .canvas import build
+from .canvas.unet import forward as unet_forward
+from .content import CONTENT_METRICS, content_penalty
+from .errors import ClipagError
+from .generate import Generation, GenerateConfig, _finite, _jsonable, resolved
+from .images import read_content
+from .models import Guide
+from .optimise import StepInfo, optimise
+from .prompts import parse_prompt
+from .targets import encode_directions
+
+
+@dataclass(frozen=True)
+class StyleConfig:
+    """What style transfer adds to the image settings (declared in clipag.settings)."""
+
+    content: str | None = None  # the content image's path (the API may pass a tensor instead)
+    source: str = "a photo"  # the text the content image is, the start of the direction
+    metric: str = "guide"  # the content metric: "guide" (its own features) or "vgg"
+    content_weight: float = 1.0  # weight of the content distance in the loss
+    floor: float = 0.7  # patch views whose directional distance is below it count as 0
+    content_crops: int = 4  # windows compared at full resolution when the image is larger
+    max_side: int = 2048  # a larger content image is scaled down to fit (aspect kept)
+
+
+def check_style(config: GenerateConfig) -> None:
+    """The checks style transfer adds to GenerateConfig.check (which covers the ranges)."""
+    s = config.style
+    if not isinstance(s, StyleConfig):
+        raise ClipagError(f"style settings must be a StyleConfig, got {s!r}")
+    if not isinstance(s.source, str) or not s.source.strip():
+        raise ClipagError("--source must be a non-empty text")
+    if s.metric not in CONTENT_METRICS:
+        raise ClipagError(f"--content must be one of {', '.join(CONTENT_METRICS)}, "
+                          f"got {s.metric!r}")
+    if config.scales:
+        raise ClipagError("--scales (coarse-to-fine stages) do not apply to style transfer: the "
+                          "image keeps its own size")
+
+
+def content_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """The side lengths a content image of h x w is styled at: its own, scaled down to fit
+    `max_side` with its aspect kept."""
+    if max(h, w) <= max_side:
+        return h, w
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def load_content(content: str | Path | torch.Tensor, max_side: int
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The content as RGB (3, h, w) in [0, 1] and its alpha (1, h, w) or None, at most
+    `max_side` on a side."""
+    if isinstance(content, torch.Tensor):
+        if content.dim() != 3 or content.shape[0] not in (3, 4):
+            raise ClipagError(f"a content tensor must be (3 or 4, H, W), got "
+                              f"{tuple(content.shape)}")
+        if not torch.isfinite(content).all():
+            raise ClipagError("the content tensor holds non-finite values")
+        content = content.float().clamp(0, 1)
+        rgb, alpha = content[:3], content[3:] if content.shape[0] == 4 else None
+        h, w = content_size(*rgb.shape[-2:], max_side)
+        if (h, w) != tuple(rgb.shape[-2:]):
+            rgb = F.interpolate(rgb[None], size=(h, w), mode="bicubic", antialias=True,
+                                align_corners=False)[0].clamp(0, 1)
+            if alpha is not None:
+                alpha = F.interpolate(alpha[None], size=(h, w), mode="bilinear",
+                                      antialias=True, align_corners=False)[0].clamp(0, 1)
+    else:
+        rgb, alpha = read_content(Path(content), lambda h, w: content_size(h, w, max_side))
+    check_content_size(*rgb.shape[-2:])
+    return rgb, alpha
+
+
+def check_content_size(h: int, w: int) -> None:
+    if min(h, w) < 8:
+        raise ClipagError(f"the content image is {w} x {h}: style transfer needs at least 8 "
+                          "pixels on each side")
+
+
+def style(content: str | Path | torch.Tensor | None, targets: str | Sequence[str], model: Guide,
+          config: GenerateConfig | None = None, seeds: Sequence[int] | None = None,
+          on_step: Callable[[StepInfo], None] | None = None) -> Generation:
+    """Restyle one content image once per target text (B = len(targets), or one target for
+    every seed), optimised together as one batch. `content`: a path, a (3 or 4, H, W) tensor in
+    [0, 1] (an alpha channel is carried through unchanged), or None for `config.style.content`.
+    The output keeps the content's size and aspect (scaled down to fit `max_side`)."""
+    began = time.perf_counter()
+    config = resolved(config or default_config())
+    if config.style is None:
+        config = dataclasses.replace(config, style=StyleConfig())
+    config.check()
+    check_style(config)
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    seeds = list(range(len(targets))) if seeds is None else list(seeds)
+    if len(targets) == 1 and len(seeds) > 1:
+        targets = targets * len(seeds)
+    if not targets or len(targets) != len(seeds):
+        raise ClipagError(f"{len(seeds)} seeds for {len(targets)} targets: give one seed each")
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+            raise ClipagError(f"--seed must be a whole number in [0, 2^63), got {seed!r}")
+    s = config.style
+    content = s.content if content is None else content
+    if content is None:
+        raise ClipagError("no content image to restyle")
+    rgb, alpha = load_content(content, s.max_side)
+    h, w = rgb.shape[-2:]
+    if config.views.patch_views and min(h, w) * config.views.patch_fraction < 4:
+        raise ClipagError(f"the content image ({w} x {h}) is too small for patch views of "
+                          f"{config.views.patch_fraction:g} of its side")
+    parsed = [parse_prompt(t) for t in targets]
+    for t, p in zip(targets, parsed):
+        if any(part.weight < 0 for part in p):
+            raise ClipagError(f"style targets take no negative weights: {t!r}")
+    device = model.device
+    b = len(targets)
+    images = rgb[None].expand(b, -1, -1, -1).contiguous().to(device)
+    with torch.no_grad():
+        origin = model.encode_images(F.interpolate(
+            images[:1], size=(model.image_size,) * 2, mode="bilinear", antialias=True,
+            align_corners=False)).expand(b, -1)
+    directions = encode_directions(model, parsed, s.source, origin, s.floor)
+    keep = content_penalty(s.metric, model, images, s.content_weight, s.content_crops) \
+        if s.content_weight else None
+    canvas = build(config, images, seeds, max(h, w), device)
+    torch.manual_seed(seeds[0])  # the views' randomness
+    result = optimise(model, directions, canvas, config, on_step, content=keep)
+    with torch.no_grad():
+        kept = keep(result.images.to(device)) / s.content_weight if keep else None
+    out = result.images
+    if alpha is not None:
+        out = torch.cat([out, alpha[None].expand(b, -1, -1, -1).to(out)], dim=1)
+    seconds = (time.perf_counter() - began) / b
+    settings = _jsonable(dataclasses.asdict(config))
+    records = []
+    for i, target in enumerate(targets):
+        records.append({
+            "target": target, "source": s.source,
+            "content": str(content) if not isinstance(content, torch.Tensor) else "(tensor)",
+            "parsed": [dataclasses.asdict(p) for p in parsed[i]], "seed": seeds[i],
+            "size": [int(w), int(h)], "alpha": alpha is not None, "model": {"name": model.name},
+            "settings": settings, "canvas": config.canvas.name, "batch": b,
+            "best_loss": _finite(result.best_loss[i]),
+            "score": _finite(result.score[i]),  # cosine of the image's change to the text's
+            "content_distance": _finite(float(kept[i])) if kept is not None else None,
+            "seconds": round(seconds, 3), "device": str(device), "torch": torch.__version__})
+    return Generation(out, result.frames, records, [{} for _ in targets], result.canvas)
+
+
+def default_config() -> GenerateConfig:
+    """`clipag style`'s own defaults (the "clipag" style recipe; clipag.recipes)."""
+    from .recipes import style_recipe_config
+
+    return style_recipe_config("clipag")
+
+
+def apply_net(weights: torch.Tensor, channels: int, content: str | Path | torch.Tensor,
+              max_side: int = 2048, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A trained style network (flat weights (P,), see clipag.canvas.unet) applied to a content
+    image in one forward pass: (3 or 4, h, w) in [0, 1], its alpha carried through."""
+    rgb, alpha = load_content(content, max_side)
+    with torch.no_grad():
+        out = unet_forward(weights[None].to(device), rgb[None].to(device), channels)[0].cpu()
+    return torch.cat([out, alpha]) if alpha is not None else out
