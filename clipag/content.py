@@ -116,14 +116,27 @@ def _fit(images: torch.Tensor, side: int) -> torch.Tensor:
                          antialias=True)
 
 
+def tokens(x: torch.Tensor, n: int) -> torch.Tensor:
+    """A layer's output as (n, tokens, channels): ViT blocks give (n, L, D) or, without
+    batch_first, (L, n, D); convolutional maps (n, C, H, W)."""
+    if x.dim() == 4:
+        return x.flatten(2).transpose(1, 2)
+    return x if x.shape[0] == n else x.transpose(0, 1)
+
+
+def self_similarity(x: torch.Tensor) -> torch.Tensor:
+    """(n, L, L) cosine similarity between every two tokens of each image: where things are and
+    what goes with what, whatever their colours and textures."""
+    x = F.normalize(x - x.mean(dim=1, keepdim=True), dim=-1)
+    return x @ x.transpose(1, 2)
+
+
 def _distance(a: list[torch.Tensor], b: list[torch.Tensor], n: int) -> torch.Tensor:
-    """(n,) mean over layers of the relative mean squared difference, row by row (layers may
-    put the batch first or second: ViT blocks without batch_first are (tokens, batch, dim))."""
+    """(n,) mean over layers of the mean squared difference of the token self-similarities."""
     total = 0
     for x, y in zip(a, b):
-        axis = 0 if x.shape[0] == n else 1
-        x, y = x.movedim(axis, 0).flatten(1), y.movedim(axis, 0).flatten(1)
-        total = total + (x - y).pow(2).mean(1) / y.pow(2).mean(1).clamp_min(1e-12)
+        sx, sy = self_similarity(tokens(x, n)), self_similarity(tokens(y, n))
+        total = total + (sx - sy).pow(2).flatten(1).mean(1)
     return total / len(a)
 
 

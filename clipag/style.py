@@ -135,6 +135,7 @@ def style(content: str | Path | torch.Tensor | None, targets: str | Sequence[str
         if any(part.weight < 0 for part in p):
             raise ClipagError(f"style targets take no negative weights: {t!r}")
     device = model.device
+    model.model.requires_grad_(False)  # a guide, never trained here (as the loop sets it)
     b = len(targets)
     images = rgb[None].expand(b, -1, -1, -1).contiguous().to(device)
     with torch.no_grad():
