@@ -3,7 +3,7 @@ PIP = $(PYTHON) -m pip
 # The torch build these machines serve from local disk; elsewhere any recent torch works.
 TORCH = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test lint bench bench-startup bench-canvas bench-speed bench-quick bench-train bench-wheels bench-gpu bench-gpu-world \
+.PHONY: install test lint bench bench-startup bench-canvas bench-style bench-speed bench-quick bench-train bench-wheels bench-gpu bench-gpu-world \
 	bench-gpu-crossflow bench-pag bench-init models clean
 
 install:
@@ -18,7 +18,7 @@ lint:
 
 # The generation step as the user waits for it (world-robust and ViT-B-32; OUT.json/.md in
 # bench/results/speed-DATE), then robustify throughput. bench-quick: one timed step.
-bench: bench-startup bench-speed bench-canvas bench-train
+bench: bench-startup bench-speed bench-canvas bench-style bench-train
 
 bench-startup:
 	$(PYTHON) bench/startup.py
@@ -30,6 +30,9 @@ bench-speed:
 # 224 px and 4 views, world-robust and ViT-B-32 (random weights)
 bench-canvas:
 	$(PYTHON) bench/canvas_speed.py
+
+bench-style:
+	$(PYTHON) bench/style_speed.py
 
 bench-quick:
 	$(PYTHON) bench/speed.py --quick

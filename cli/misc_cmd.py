@@ -12,6 +12,7 @@ from rich.table import Table
 
 from clipag.augment import VIEW_STYLES
 from clipag.canvas.config import CANVAS_NAMES, CanvasConfig, StrokesConfig
+from clipag.recipes import STYLE_RECIPES
 from clipag.train.attacks import ThreatModel
 from clipag.train.common import check_writable
 from clipag.train.data import DEFAULT_TEMPLATE, open_dataset, split
@@ -177,6 +178,53 @@ def _names(text: str, option: str) -> list[str]:
         raise ClipagError(f"{option} names nothing: give a comma-separated list, e.g. "
                           f"{'world-robust' if option == '--guides' else 'gmm,crossflow'}")
     return names
+
+
+@bench.command("style", cls=Command)
+@click.option("--guides", default="world-robust,world-vanilla", show_default=True,
+              help="comma-separated guide models or checkpoint files, run under identical "
+                   "settings")
+@click.option("--cases", type=Count(2, 10_000), default=32, show_default=True)
+@click.option("--seed", type=IntList(), default="0", show_default=True,
+              help="comma-separated seeds")
+@click.option("--steps", type=Count(1, 100_000), default=None,
+              help="[default: the style recipe's]")
+@click.option("--content-weight", type=Real(0, 1e6), default=None,
+              help="[default: the style recipe's]")
+@click.option("--recipe", type=click.Choice(STYLE_RECIPES), default="clipag", show_default=True)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="folder for style.md, style.json and style-grid.png")
+@click.option("--overwrite", is_flag=True, help="replace results already in --out")
+@click.option("--device", default="auto", show_default=True)
+def bench_style(guides, cases, seed, steps, content_weight, recipe, out, overwrite, device):
+    """Style transfer in the world: world scenes restyled to change one colour, read by the
+    analytic judge (target changed, other colour kept, object mask IoU)."""
+    import sys
+
+    from clipag.load import load_model
+    from clipag.recipes import style_recipe_config
+    from clipag.world.style_benchmark import run
+
+    names = _names(guides, "--guides")
+    config = style_recipe_config(recipe)
+    if steps is not None:
+        config = dataclasses.replace(config, steps=steps)
+    if content_weight is not None:
+        config = dataclasses.replace(config, style=dataclasses.replace(
+            config.style, content_weight=content_weight))
+    config.check()
+    out = Path(out)
+    if (out / "style.md").exists() and not overwrite:
+        raise ClipagError(f"{out / 'style.md'} exists; pass --overwrite or another --out")
+    check_writable(out)
+    dev = resolve_device(device)
+    loaded = [(name, load_model(name, device=dev)) for name in names]
+    command = "clipag " + " ".join(sys.argv[1:]) if sys.argv else "clipag bench style"
+    try:
+        _, table = run(loaded, cases, list(seed), config, out, command)
+    except OSError as exc:
+        raise ClipagError(_os_failure(exc)) from None
+    Console().print(table)
 
 
 @bench.command("init", cls=Command)

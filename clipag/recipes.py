@@ -58,8 +58,8 @@ def style_recipe_config(name: str) -> GenerateConfig:
     from .style import StyleConfig
 
     if name == "clipag":
-        return GenerateConfig(steps=200, tv_weight=0.3, canvas=CanvasConfig(name="pixels"),
-                              views=ViewConfig(global_views=32, patch_views=0, cutout=0.0),
+        return GenerateConfig(steps=100, tv_weight=0.3, canvas=CanvasConfig(name="pixels"),
+                              views=ViewConfig(global_views=16, patch_views=0, cutout=0.0),
                               style=StyleConfig())
     if name == "clipstyler":
         return GenerateConfig(steps=200, grad_clip=0.0, global_weight=500.0, patch_weight=9000.0,

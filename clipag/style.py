@@ -11,7 +11,9 @@ weights restyle other images in one pass (`apply_net`)."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,6 +25,7 @@ from .canvas import build
 from .canvas.unet import forward as unet_forward
 from .content import CONTENT_METRICS, content_penalty
 from .errors import ClipagError
+from .augment import Views
 from .generate import Generation, GenerateConfig, _finite, _jsonable, resolved
 from .images import read_content
 from .models import Guide
@@ -42,6 +45,8 @@ class StyleConfig:
     floor: float = 0.7  # patch views whose directional distance is below it count as 0
     content_crops: int = 4  # windows compared at full resolution when the image is larger
     max_side: int = 2048  # a larger content image is scaled down to fit (aspect kept)
+    origin_views: int = 0  # 0: directions start at the whole content's embedding; N: at the
+    # mean of N of the run's own views of it
 
 
 def check_style(config: GenerateConfig) -> None:
@@ -99,13 +104,19 @@ def check_content_size(h: int, w: int) -> None:
                           "pixels on each side")
 
 
-def style(content: str | Path | torch.Tensor | None, targets: str | Sequence[str], model: Guide,
-          config: GenerateConfig | None = None, seeds: Sequence[int] | None = None,
-          on_step: Callable[[StepInfo], None] | None = None) -> Generation:
-    """Restyle one content image once per target text (B = len(targets), or one target for
-    every seed), optimised together as one batch. `content`: a path, a (3 or 4, H, W) tensor in
+Content = str | Path | torch.Tensor
+
+
+def style(content: Content | Sequence[Content] | None, targets: str | Sequence[str],
+          model: Guide, config: GenerateConfig | None = None,
+          seeds: Sequence[int] | None = None, on_step: Callable[[StepInfo], None] | None = None,
+          *, sources: Sequence[str] | None = None) -> Generation:
+    """Restyle content images, optimised together as one batch: one content image once per
+    target text (B = len(targets), or one target for every seed), or a list of B content
+    images of one size, one target each. A content image is a path, a (3 or 4, H, W) tensor in
     [0, 1] (an alpha channel is carried through unchanged), or None for `config.style.content`.
-    The output keeps the content's size and aspect (scaled down to fit `max_side`)."""
+    `sources`: each image's source text (default: `config.style.source` for all). The output
+    keeps the content's size and aspect (scaled down to fit `max_side`)."""
     began = time.perf_counter()
     config = resolved(config or default_config())
     if config.style is None:
@@ -125,8 +136,22 @@ def style(content: str | Path | torch.Tensor | None, targets: str | Sequence[str
     content = s.content if content is None else content
     if content is None:
         raise ClipagError("no content image to restyle")
-    rgb, alpha = load_content(content, s.max_side)
-    h, w = rgb.shape[-2:]
+    contents = list(content) if isinstance(content, (list, tuple)) else [content] * len(targets)
+    if len(contents) != len(targets):
+        raise ClipagError(f"{len(contents)} content images for {len(targets)} targets: give one "
+                          "target each")
+    sources = [s.source] * len(targets) if sources is None else list(sources)
+    if len(sources) != len(targets) or not all(isinstance(t, str) and t.strip() for t in sources):
+        raise ClipagError("give one non-empty source text for each target")
+    once: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # one content, read once
+    for c in contents:
+        if id(c) not in once:
+            once[id(c)] = load_content(c, s.max_side)
+    loaded = [once[id(c)] for c in contents]
+    if len({tuple(rgb.shape) for rgb, _ in loaded}) > 1:
+        raise ClipagError("content images styled together must have one size: "
+                          + ", ".join(f"{r.shape[-1]} x {r.shape[-2]}" for r, _ in loaded))
+    h, w = loaded[0][0].shape[-2:]
     if config.views.patch_views and min(h, w) * config.views.patch_fraction < 4:
         raise ClipagError(f"the content image ({w} x {h}) is too small for patch views of "
                           f"{config.views.patch_fraction:g} of its side")
@@ -137,12 +162,10 @@ def style(content: str | Path | torch.Tensor | None, targets: str | Sequence[str
     device = model.device
     model.model.requires_grad_(False)  # a guide, never trained here (as the loop sets it)
     b = len(targets)
-    images = rgb[None].expand(b, -1, -1, -1).contiguous().to(device)
-    with torch.no_grad():
-        origin = model.encode_images(F.interpolate(
-            images[:1], size=(model.image_size,) * 2, mode="bilinear", antialias=True,
-            align_corners=False)).expand(b, -1)
-    directions = encode_directions(model, parsed, s.source, origin, s.floor)
+    images = torch.stack([rgb for rgb, _ in loaded]).to(device)
+    alphas = [a for _, a in loaded]
+    origin = content_embedding(model, images, config, s.origin_views, seeds[0])
+    directions = encode_directions(model, parsed, sources, origin, s.floor)
     keep = content_penalty(s.metric, model, images, s.content_weight, s.content_crops) \
         if s.content_weight else None
     canvas = build(config, images, seeds, max(h, w), device)
@@ -151,23 +174,45 @@ def style(content: str | Path | torch.Tensor | None, targets: str | Sequence[str
     with torch.no_grad():
         kept = keep(result.images.to(device)) / s.content_weight if keep else None
     out = result.images
-    if alpha is not None:
-        out = torch.cat([out, alpha[None].expand(b, -1, -1, -1).to(out)], dim=1)
+    if any(a is not None for a in alphas):  # opaque images among them get alpha 1
+        alpha = torch.stack([a if a is not None else torch.ones(1, h, w) for a in alphas])
+        out = torch.cat([out, alpha.to(out)], dim=1)
     seconds = (time.perf_counter() - began) / b
     settings = _jsonable(dataclasses.asdict(config))
     records = []
     for i, target in enumerate(targets):
         records.append({
-            "target": target, "source": s.source,
-            "content": str(content) if not isinstance(content, torch.Tensor) else "(tensor)",
+            "target": target, "source": sources[i],
+            "content": str(contents[i]) if not isinstance(contents[i], torch.Tensor)
+            else "(tensor)",
             "parsed": [dataclasses.asdict(p) for p in parsed[i]], "seed": seeds[i],
-            "size": [int(w), int(h)], "alpha": alpha is not None, "model": {"name": model.name},
+            "size": [int(w), int(h)], "alpha": alphas[i] is not None,
+            "model": {"name": model.name},
             "settings": settings, "canvas": config.canvas.name, "batch": b,
             "best_loss": _finite(result.best_loss[i]),
             "score": _finite(result.score[i]),  # cosine of the image's change to the text's
             "content_distance": _finite(float(kept[i])) if kept is not None else None,
             "seconds": round(seconds, 3), "device": str(device), "torch": torch.__version__})
     return Generation(out, result.frames, records, [{} for _ in targets], result.canvas)
+
+
+def content_embedding(model: Guide, content: torch.Tensor, config: GenerateConfig, views: int,
+                      seed: int) -> torch.Tensor:
+    """(B, D) the contents' embeddings, where the directions start: of the whole image, or with
+    `views` the mean over that many of the run's own global views of it (so that what the
+    views add, noise, jitter, shifts, moves the start as it moves the output's views)."""
+    with torch.no_grad():
+        if not views:
+            return model.encode_images(F.interpolate(
+                content, size=(model.image_size,) * 2, mode="bilinear", antialias=True,
+                align_corners=False))
+        cfg = dataclasses.replace(config.views, global_views=views, patch_views=0)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        seen, _ = Views(model.image_size, cfg).to(content.device)(content)
+        torch.random.set_rng_state(generator_state)
+        emb = model.encode_images(seen).view(content.shape[0], views, -1)
+        return F.normalize(emb.mean(1), dim=-1)
 
 
 def default_config() -> GenerateConfig:
@@ -185,3 +230,14 @@ def apply_net(weights: torch.Tensor, channels: int, content: str | Path | torch.
     with torch.no_grad():
         out = unet_forward(weights[None].to(device), rgb[None].to(device), channels)[0].cpu()
     return torch.cat([out, alpha]) if alpha is not None else out
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as `style` (as clipag.generate is as `generate`): `clipag.style(...)`
+    is the function whether or not the submodule has been imported."""
+
+    def __call__(self, *args, **kwargs) -> Generation:
+        return style(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

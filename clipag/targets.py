@@ -64,18 +64,20 @@ def encode_targets(guide: Guide, prompts: list[list[WeightedPrompt]]) -> Targets
     return Targets(*_stack(prompts, table.__getitem__, first.shape[0], first.device))
 
 
-def encode_directions(guide: Guide, prompts: list[list[WeightedPrompt]], source: str,
+def encode_directions(guide: Guide, prompts: list[list[WeightedPrompt]], sources: list[str],
                       origin: torch.Tensor, floor: float = 0.0) -> Targets:
-    """Directional targets: for each weighted text, the unit direction from `source`'s
-    embedding to its own; `origin` (B, D) the images' content embeddings (unit)."""
-    table = _table(guide, prompts, (source,))
-    base = table[source]
-
-    def direction(text: str) -> torch.Tensor:
-        return F.normalize(table[text] - base, dim=0)
-
-    texts, weights = _stack(prompts, direction, base.shape[0], base.device)
-    return Targets(texts, weights, origin.to(base.device), floor)
+    """Directional targets: for each image's weighted texts, the unit directions from its
+    source text's embedding to theirs; `origin` (B, D) the images' content embeddings (unit)."""
+    table = _table(guide, prompts, tuple(sources))
+    first = table[sources[0]]
+    texts = torch.zeros(len(prompts), max(len(p) for p in prompts), first.shape[0],
+                        device=first.device)
+    weights = torch.zeros(texts.shape[:2], device=first.device)
+    for b, (image, source) in enumerate(zip(prompts, sources)):
+        one, w = _stack([image], lambda text: F.normalize(table[text] - table[source], dim=0),
+                        first.shape[0], first.device)
+        texts[b, :len(image)], weights[b, :len(image)] = one[0], w[0]
+    return Targets(texts, weights, origin.to(first.device), floor)
 
 
 def view_distances(embeddings: torch.Tensor, targets: Targets) -> torch.Tensor:

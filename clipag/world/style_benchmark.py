@@ -83,3 +83,72 @@ def summary(reads: list[dict[str, float]]) -> dict[str, float]:
     out = {k: float(np.mean([r[k] for r in reads])) for k in ("changed", "kept", "iou")}
     out["iou_ok"] = float(np.mean([r["iou"] >= 0.7 for r in reads]))
     return out
+
+
+@dataclass
+class StyleReport:
+    guide: str
+    per_seed: list[dict[str, float]]  # summary per seed
+
+    def mean(self) -> dict[str, float]:
+        return {k: float(np.mean([s[k] for s in self.per_seed])) for k in self.per_seed[0]}
+
+
+def run_guide(guide, cases: list[StyleCase], config, seed: int, size: int = 64
+              ) -> tuple[list[dict[str, float]], torch.Tensor]:
+    """Every case restyled under `guide` as one batch: the judge's reads and the images."""
+    from ..style import style
+
+    contents = [content_image(c, size) for c in cases]
+    result = style(contents, [c.target for c in cases], guide, config, [seed] * len(cases),
+                   sources=[c.source for c in cases])
+    return [judge_style(im, c) for im, c in zip(result.images, cases)], result.images
+
+
+def markdown(reports: list[StyleReport], n: int, seeds: list[int], command: str) -> str:
+    lines = ["# Style transfer in the world", "", f"Command: `{command}`", "",
+             f"{n} cases (half change the background colour, half the object's), seeds "
+             f"{', '.join(map(str, seeds))}. changed: the target colour is read; kept: the "
+             "other colour still reads as before; IoU: the object's mask against the "
+             "content's (mean, and the share of cases >= 0.7). Targets: changed >= 0.8, "
+             "IoU >= 0.7, kept >= 0.8.", "",
+             "| guide | changed | kept | IoU | IoU >= 0.7 | per seed (changed / kept / IoU) |",
+             "|---|---|---|---|---|---|"]
+    for r in reports:
+        m = r.mean()
+        seeds_text = "; ".join(f"{s['changed']:.2f} / {s['kept']:.2f} / {s['iou']:.2f}"
+                               for s in r.per_seed)
+        lines.append(f"| {r.guide} | {m['changed']:.2f} | {m['kept']:.2f} | {m['iou']:.2f} | "
+                     f"{m['iou_ok']:.2f} | {seeds_text} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(guides: list, n: int, seeds: list[int], config, out, command: str,
+        grid_cases: int = 12):
+    """Each guide (name, Guide) over the cases and seeds; writes OUT/style.md, style.json and
+    style-grid.png (rows: content, then each guide's result, seed 0's first `grid_cases`)."""
+    import json
+
+    from ..fileio import write_text_atomic
+    from ..output import save_grid
+
+    cases = style_cases(n)
+    reports, shown = [], [torch.stack([content_image(c) for c in cases[:grid_cases]])]
+    for name, guide in guides:
+        per_seed = []
+        for i, seed in enumerate(seeds):
+            reads, images = run_guide(guide, cases, config, seed)
+            per_seed.append(summary(reads))
+            if i == 0:
+                shown.append(images[:grid_cases, :3])
+        reports.append(StyleReport(name, per_seed))
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(reports, n, seeds, command)
+    write_text_atomic(out / "style.md", table)
+    write_text_atomic(out / "style.json", json.dumps(
+        {"command": command, "cases": n, "seeds": seeds,
+         "reports": [{"guide": r.guide, "mean": r.mean(), "per_seed": r.per_seed}
+                     for r in reports]}, indent=2) + "\n")
+    rows = [im for row in zip(*shown) for im in row]  # column per case: content, guides
+    save_grid(out / "style-grid.png", rows, len(shown), scale=2)
+    return reports, table
