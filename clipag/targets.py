@@ -74,8 +74,8 @@ def encode_directions(guide: Guide, prompts: list[list[WeightedPrompt]], sources
                         device=first.device)
     weights = torch.zeros(texts.shape[:2], device=first.device)
     for b, (image, source) in enumerate(zip(prompts, sources)):
-        one, w = _stack([image], lambda text: F.normalize(table[text] - table[source], dim=0),
-                        first.shape[0], first.device)
+        one, w = _stack([image], lambda text, base=table[source]: F.normalize(
+            table[text] - base, dim=0), first.shape[0], first.device)
         texts[b, :len(image)], weights[b, :len(image)] = one[0], w[0]
     return Targets(texts, weights, origin.to(first.device), floor)
 
