@@ -285,3 +285,49 @@ def test_style_unwritable_output_folder(tmp_path, tiny_checkpoint):
     locked.mkdir(mode=0o555)
     result = run("style", content, "x", "-c", tiny_checkpoint, "-d", locked, *FAST)
     assert result.exit_code == 2 and "cannot write" in result.output
+
+
+# --- the world proof ------------------------------------------------------------------------
+
+def test_style_judge_reads_a_perfect_restyle_and_the_untouched_content():
+    from clipag.world.style_benchmark import content_image, judge_style, style_cases
+    from clipag.world.scenes import render
+
+    for case in style_cases(6):
+        content = content_image(case)
+        assert judge_style(content, case) == {"changed": 0.0, "kept": 1.0, "iou": 1.0}
+        changed = dataclasses.replace(case.scene, **{case.attribute: case.new})
+        perfect = torch.from_numpy(np.asarray(render(changed, 64), np.float32) / 255).permute(2, 0, 1)
+        read = judge_style(perfect, case)
+        assert read["changed"] == 1.0 and read["kept"] == 1.0 and read["iou"] > 0.9
+        assert case.new not in (case.scene.color, case.scene.background)
+    assert {c.attribute for c in style_cases(4)} == {"background", "color"}
+
+
+def test_style_takes_a_batch_of_contents_each_with_its_source(tiny_guide):
+    a, b = torch.rand(3, 16, 24), torch.rand(3, 16, 24)
+    out = style([a, b], ["a red x", "a blue x"], tiny_guide, quick(), [0, 1],
+                sources=["a green x", "a pink x"])
+    assert out.images.shape == (2, 3, 16, 24)
+    assert [r["source"] for r in out.records] == ["a green x", "a pink x"]
+    with pytest.raises(ClipagError, match="one size"):
+        style([a, torch.rand(3, 16, 16)], ["x", "y"], tiny_guide, quick(), [0, 1])
+    with pytest.raises(ClipagError, match="one target each"):
+        style([a, b], ["x"], tiny_guide, quick(), [0])
+
+
+def test_bench_style_writes_its_tables_and_grid_and_keeps_them(tmp_path, tiny_checkpoint):
+    out = tmp_path / "res"
+    args = ["bench", "style", "--guides", tiny_checkpoint, "--cases", 3, "--steps", 1,
+            "--seed", "0,1", "--out", out, "--device", "cpu"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "style.json").read_text())
+    assert data["cases"] == 3 and data["seeds"] == [0, 1] and len(data["reports"]) == 1
+    for seed in data["reports"][0]["per_seed"]:
+        assert set(seed) == {"changed", "kept", "iou", "iou_ok"}
+        assert all(0 <= v <= 1 for v in seed.values())
+    with Image.open(out / "style-grid.png") as grid:  # columns content, guide; a row a case
+        assert grid.size == (2 * 128, 3 * 128)
+    again = run(*args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
