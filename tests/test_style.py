@@ -331,3 +331,13 @@ def test_bench_style_writes_its_tables_and_grid_and_keeps_them(tmp_path, tiny_ch
         assert grid.size == (2 * 128, 3 * 128)
     again = run(*args)
     assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_view_batches_give_the_same_style_run(tiny_guide):
+    content = torch.rand(3, 20, 28, generator=torch.Generator().manual_seed(1))
+    config = quick(floor=0.0)
+    whole = style(content, "a red painting", tiny_guide, config, [2])
+    chunked = style(content, "a red painting", tiny_guide,
+                    dataclasses.replace(config, view_batch=3), [2])
+    assert (whole.images - chunked.images).abs().max() < 1e-4
+    assert abs(whole.records[0]["best_loss"] - chunked.records[0]["best_loss"]) < 1e-5

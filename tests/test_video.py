@@ -46,3 +46,18 @@ def test_generate_video_and_preview(tmp_path, monkeypatch):
     assert not (tmp_path / "x.gif").exists()
     with Image.open(tmp_path / "now.png") as preview:
         assert preview.size == (64, 64)
+
+
+def test_style_video_has_every_saved_frame_of_an_rgba_run(tmp_path, monkeypatch):
+    from clipag.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGBA", (40, 30), (200, 30, 30, 100)).save("c.png")
+    result = CliRunner().invoke(cli, ["style", "c.png", "a blue square", "--steps", "6",
+                                      "--views", "2", "--save-every", "2", "--video",
+                                      "--preview", "now.png", "-o", "s.png", "-q"])
+    assert result.exit_code == 0, result.output
+    meta, decoded = read_back(tmp_path / "s.mp4")
+    assert len(decoded) == 6 // 2 + 1 and meta["codec"].startswith("h264")
+    with Image.open(tmp_path / "s.png") as out, Image.open(tmp_path / "now.png") as preview:
+        assert out.mode == "RGBA" and out.size == (40, 30) and preview.size == (40, 30)
