@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
+from typing import Callable
 
 import click
 from rich.console import Console
@@ -60,6 +62,64 @@ class Group(click.Group):
             click.echo("interrupted", err=True)
             sys.exit(130)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+class TrainingProgress:
+    """A training command's progress bar, its resume line and what its Ctrl-C says. The bar
+    starts with the first step (or a resume), so an error found while the data, model and
+    saved state are checked is the only line printed; an interruption promises a resume
+    only when a training state is on disk."""
+
+    def __init__(self, label: str, steps: int, out: str | Path, save_every: int,
+                 overwrite: bool, quiet: bool):
+        self.out, self.save_every, self.overwrite = Path(out), save_every, overwrite
+        self.quiet = quiet
+        self.kept: int | None = None  # the step the state on disk holds for this run
+        self.trained = False
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[info]}"), console=console, disable=quiet)
+        self.task = self.bar.add_task("train", total=steps, info="")
+
+    def info(self, text: str) -> None:
+        self.bar.update(self.task, info=text)
+
+    def on_state(self, step: int, path: Path) -> None:
+        if not self.trained and not self.quiet:  # before the first step: a resume
+            console.print(f"resuming {path} at step {step}")
+        self.kept = step
+
+    def on_step(self, step: int) -> None:
+        self.trained = True
+        if not self.bar.live.is_started:
+            self.bar.start()
+        self.bar.update(self.task, completed=step)
+
+    def run(self, train: Callable[[], Path]) -> Path:
+        """`train()`, the bar stopped after it; Ctrl-C ends in one line saying what is kept."""
+        try:
+            try:
+                return train()
+            finally:
+                if self.bar.live.is_started:
+                    self.bar.stop()
+        except KeyboardInterrupt:
+            click.echo(f"interrupted: {self.interrupted()}", err=True)
+            sys.exit(130)
+
+    def interrupted(self) -> str:
+        from clipag.train.common import resume_hint, state_path
+
+        saved = state_path(self.out)
+        if saved.exists() and (self.kept is not None or not self.overwrite):
+            step = f" of step {self.kept}" if self.kept is not None else ""
+            return (f"the training state{step} is kept in {saved}; "
+                    f"{resume_hint(self.overwrite)} to resume")
+        if self.save_every:
+            return f"no training state yet (one is kept every --save-every {self.save_every} steps)"
+        return "no training state is kept with --save-every 0"
 
 
 def model_options(default_hint: str = "world-robust", mix: bool = False):

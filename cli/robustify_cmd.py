@@ -4,19 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
 from clipag.train.attacks import ThreatModel
-from clipag.train.common import state_path
 from clipag.train.robustify import OBJECTIVES, TrainConfig, robustify
 
-from .common import Command, console, model_options
+from .common import Command, TrainingProgress, console, model_options
 from .params import Count, Real
 
 _TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -113,53 +109,17 @@ def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, a
                          half=half)
     config.validate()
     dev = resolve_device(device)
-    kept: dict[str, int] = {}  # "step": what the state on disk holds; "trained": steps run
-    # The bar starts with the first step (or a resume), so an error found while the data,
-    # model and saved state are checked is the only line printed.
-    progress = Progress(TextColumn("[bold]robustify"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                        TextColumn("{task.fields[info]}"), console=console, disable=quiet)
-    task = progress.add_task("train", total=steps, info="")
-
-    def show(step):
-        if not progress.live.is_started:
-            progress.start()
-        progress.update(task, completed=step)
+    progress = TrainingProgress("robustify", steps, out, save_every, overwrite, quiet)
 
     def on_log(log):
-        progress.update(task, info=f"loss {log.loss:.4f} clean {log.clean_loss:.4f} "
-                                  f"lr {log.lr:.2e} {log.images_per_s:.0f} img/s"
-                                  + (f" skipped {log.skipped}" if log.skipped else ""))
+        progress.info(f"loss {log.loss:.4f} clean {log.clean_loss:.4f} lr {log.lr:.2e} "
+                      f"{log.images_per_s:.0f} img/s"
+                      + (f" skipped {log.skipped}" if log.skipped else ""))
         if quiet is False and not console.is_terminal:
             console.print(f"step {log.step} loss {log.loss:.4f} {log.images_per_s:.0f} img/s")
 
-    def on_state(step, path):
-        if "trained" not in kept and not quiet:  # before the first step: a resume
-            console.print(f"resuming {path} at step {step}")
-        kept["step"] = step
-
-    def on_step(step):
-        kept["trained"] = step
-        show(step)
-
-    try:
-        try:
-            path = robustify(config, spec, dev, on_log=on_log, on_state=on_state,
-                             on_step=on_step)
-        finally:
-            if progress.live.is_started:
-                progress.stop()
-    except KeyboardInterrupt:
-        saved = state_path(Path(out))
-        if saved.exists():
-            step = f" of step {kept['step']}" if "step" in kept else ""
-            what = (f"the training state{step} is kept in {saved}; rerun the same command to "
-                    "resume")
-        else:
-            what = (f"no training state yet (one is kept every --save-every {save_every} steps)"
-                    if save_every else "no training state is kept with --save-every 0")
-        click.echo(f"interrupted: {what}", err=True)
-        sys.exit(130)
+    path = progress.run(lambda: robustify(config, spec, dev, on_log=on_log,
+                                          on_state=progress.on_state, on_step=progress.on_step))
     click.echo(str(path))
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from clipag.errors import ClipagError
 from clipag.load import ModelSpec
-from clipag.train import robustify as robustify_module
+from clipag.train import common as train_common, robustify as robustify_module
 from clipag.train.attacks import ThreatModel
 from clipag.train.common import clean_stale_parts, part_files
 from clipag.train.data import BatchStream, DEFAULT_TEMPLATE, open_dataset
@@ -418,7 +418,7 @@ def test_a_full_disk_at_the_end_keeps_the_training_and_a_rerun_finishes(
 
 def test_a_state_that_cannot_be_saved_stops_with_what_was_kept(tmp_path, world_captions,
                                                                monkeypatch):
-    real = robustify_module.save_state
+    real = train_common.save_state  # TrainingState's writer, shared with crossflow train
     calls = []
 
     def flaky(*args, **kwargs):
@@ -427,7 +427,7 @@ def test_a_state_that_cannot_be_saved_stops_with_what_was_kept(tmp_path, world_c
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(robustify_module, "save_state", flaky)
+    monkeypatch.setattr(train_common, "save_state", flaky)
     with pytest.raises(ClipagError, match=r"could not save the training state of step 4 .*"
                                           r"kept: the training state of step 2"):
         robustify(_config(tmp_path, world_captions), TINY, CPU)

@@ -7,7 +7,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -85,12 +85,28 @@ def state_path(out: Path) -> Path:
 def finished(out: Path, resume: bool, overwrite: bool = False) -> bool:
     """True when `out` was written by an earlier run being resumed; with `overwrite` the run
     trains again (the old `out` is replaced only when the new one is complete); refuses to
-    replace it otherwise."""
-    if not out.exists() or overwrite:
+    replace it otherwise. A training state beside an existing `out` is an --overwrite run
+    that did not finish: `resume` continues it. `resume` with nothing to continue is an
+    error here, before any work."""
+    if overwrite:
         return False
-    if resume:
-        return True
-    raise ClipagError(f"{out} exists (a finished run); pass --overwrite to train it again")
+    saved = state_path(out)
+    if out.exists():
+        if resume:
+            return not saved.exists()
+        unfinished = (f", or --resume to continue the unfinished run in {saved}"
+                      if saved.exists() else "")
+        raise ClipagError(f"{out} exists (a finished run); pass --overwrite to train it "
+                          f"again{unfinished}")
+    if resume and not saved.exists():
+        raise ClipagError(f"nothing to resume: no training state at {saved}")
+    return False
+
+
+def resume_hint(overwrite: bool) -> str:
+    """How to continue a kept state: --overwrite would ignore it and start over."""
+    return ("rerun the same command with --resume instead of --overwrite" if overwrite
+            else "rerun the same command")
 
 
 def part_files(path: Path) -> list[Path]:
@@ -157,8 +173,8 @@ def save_state(path: Path, model, optimizer, scheduler, step: int, position: int
         state["run"] = dict(run)
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)  # through Python's file: a full disk is an OSError, not "unexpected pos"
 
 
 def load_state(path: Path) -> dict:
@@ -189,3 +205,77 @@ def restore(state: dict, model, optimizer, scheduler, source: Path | str = "the 
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"], state["position"]
+
+
+class TrainingState:
+    """The resumable state of a run writing `out`, kept at `state_path(out)`: resumed when it
+    belongs to this run, saved every so often, and kept when the final write fails. `run`
+    records the settings that shape the training (see `check_run`); `kept` is the step the
+    state on disk holds for this run (None: none yet); `on_state(step, path)` hears each
+    change of it."""
+
+    def __init__(self, out: Path, run: dict, model, optimizer, scheduler, overwrite: bool = False,
+                 on_state: Callable[[int, Path], None] | None = None):
+        self.out, self.path, self.run = Path(out), state_path(Path(out)), run
+        self.parts = (model, optimizer, scheduler)
+        self.overwrite, self.on_state = overwrite, on_state
+        self.kept: int | None = None
+
+    def _held(self, step: int) -> None:
+        self.kept = step
+        if self.on_state:
+            self.on_state(step, self.path)
+
+    def resume(self, steps: int) -> tuple[int, int]:
+        """(step, data position) to start from: (0, 0), or those of a saved state of this run
+        of `steps` steps, restored into the model, optimizer and schedule. A state of other
+        settings, or one past `steps`, is refused; --overwrite ignores it."""
+        if self.overwrite or not self.path.exists():
+            return 0, 0
+        state = load_state(self.path)
+        check_run(state, self.run, self.path)
+        if state["step"] > steps:
+            raise ClipagError(f"{self.path} holds step {state['step']}, past --steps {steps}: "
+                              f"rerun with --steps {state['step']} or more to resume, or pass "
+                              "--overwrite to start over")
+        step, position = restore(state, *self.parts, self.path)
+        del state
+        self._held(step)
+        return step, position
+
+    def save(self, step: int, position: int) -> None:
+        """Keep the state of `step`; a failed write (a full disk) stops the run saying what
+        is still kept."""
+        try:
+            save_state(self.path, *self.parts, step, position, self.run)
+        except OSError as exc:
+            raise ClipagError(f"could not save the training state of step {step} to "
+                              f"{self.path} ({exc.strerror or exc}); kept: {self.describe()}"
+                              ) from None
+        self._held(step)
+
+    def finish(self, write: Callable[[], object], step: int, position: int) -> None:
+        """Write the final output with `write()`, then drop the state. When the write fails
+        (a full disk, a folder made read-only) the finished training is kept as a state, so
+        that a rerun only writes the output, and the error says what was kept."""
+        try:
+            write()
+        except OSError as exc:
+            if self.kept != step:
+                try:
+                    save_state(self.path, *self.parts, step, position, self.run)
+                    self.kept = step
+                except OSError:
+                    pass
+            previous = " (the previous file is unchanged)" if self.out.exists() else ""
+            raise ClipagError(f"could not write {self.out}{previous}: {exc.strerror or exc}; "
+                              f"kept: {self.describe()}") from None
+        if self.path.exists():
+            self.path.unlink()
+
+    def describe(self) -> str:
+        """What a run that failed late leaves to resume from, in words."""
+        if self.kept is None or not self.path.exists():
+            return "no training state (nothing of this run could be saved)"
+        return (f"the training state of step {self.kept} in {self.path}; make room and "
+                f"{resume_hint(self.overwrite)} to resume from it")

@@ -39,9 +39,9 @@ from ..device import autocast
 from ..errors import ClipagError
 from ..load import ModelSpec, load_spec as load_guide
 from ..models import Guide
-from .common import (average_gradients, barrier, check_run, check_writable, clean_stale_parts,
-                     finished, gather, init_distributed, load_state, lr_factor, restore,
-                     save_state, state_path, world_info)
+from .common import (TrainingState, average_gradients, barrier, check_writable,
+                     clean_stale_parts, finished, gather, init_distributed, lr_factor,
+                     state_path, world_info)
 
 OBJECTIVES = ("contrastive", "tecoa", "fare")
 
@@ -342,34 +342,14 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup, config.steps))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    run = run_record(config, spec, guide, dataset)
-    step, position, kept = 0, 0, None  # kept: the step the state on disk holds
-    if saved.exists() and not config.overwrite:
-        state = load_state(saved)
-        check_run(state, run, saved)
-        step, position = restore(state, model, optimizer, scheduler, saved)
-        kept = step
-        del state
-        if on_state:
-            on_state(step, saved)
-    elif config.resume and not saved.exists():
-        raise ClipagError(f"nothing to resume: no training state at {saved}")
+    state = TrainingState(out, run_record(config, spec, guide, dataset), model, optimizer,
+                          scheduler, config.overwrite, on_state)
+    step, position = state.resume(config.steps)
     stream = BatchStream(dataset, config.batch_size, guide.image_size, seed=config.seed,
                          position=position, rank=rank, world=world,
                          holdout=config.holdout if dataset.streamed else 0.0,
                          group=config.group)
     batches = iter(stream)
-
-    def keep_state(at: int) -> None:
-        nonlocal kept
-        try:
-            save_state(saved, model, optimizer, scheduler, at, stream.position, run)
-        except OSError as exc:
-            raise ClipagError(f"could not save the training state of step {at} to {saved} "
-                              f"({exc.strerror or exc}); kept: {_kept(saved, kept)}") from None
-        kept = at
-        if on_state:
-            on_state(at, saved)
 
     tick, seen = time.perf_counter(), 0
     while step < config.steps:
@@ -404,7 +384,7 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
                                stream.stats.skipped))
             tick, seen = time.perf_counter(), 0
         if config.save_every and step % config.save_every == 0 and step < config.steps and rank == 0:
-            keep_state(step)
+            state.save(step, stream.position)
         if on_step:
             on_step(step)
     if rank == 0:
@@ -417,32 +397,11 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
                 "lr": config.lr, "train_text": config.train_text, "seed": config.seed,
                 "data": str(config.data), "data_fingerprint": dataset.fingerprint(),
                 "skipped_images": stream.stats.skipped, "config": _plain(asdict(config))}
-        try:
-            save_checkpoint(out, model.state_dict(), meta,
-                            dtype=torch.float16 if config.half else None)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            if kept != step:  # keep the finished training: a rerun then only writes `out`
-                try:
-                    save_state(saved, model, optimizer, scheduler, step, stream.position, run)
-                    kept = step
-                except OSError:
-                    pass
-            previous = " (the previous file is unchanged)" if out.exists() else ""
-            raise ClipagError(f"could not write {out}{previous}: {reason}; kept: "
-                              f"{_kept(saved, kept)}") from None
-        if saved.exists():
-            saved.unlink()
+        state.finish(lambda: save_checkpoint(out, model.state_dict(), meta,
+                                             dtype=torch.float16 if config.half else None),
+                     step, stream.position)
     barrier()
     return out
-
-
-def _kept(saved: Path, step: int | None) -> str:
-    """What a run that failed late leaves to resume from, in words."""
-    if step is None or not saved.exists():
-        return "no training state (nothing of this run could be saved)"
-    return (f"the training state of step {step} in {saved}; make room and rerun the same "
-            "command to resume from it")
 
 
 def _plain(value):
