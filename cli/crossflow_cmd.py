@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from clipag.flow.crossflow import (CONDITIONS, CONTRASTS, DEFAULT_FLOW, NET_SIZES, NETS,
                                    REGULARISERS, TEXT_INPUTS, TIME_SAMPLINGS, FlowInit, LossWeights,
@@ -18,7 +17,7 @@ from clipag.init import upsample
 from clipag.output import save_png, slug
 from clipag.prompts import parse_prompt
 
-from .common import Command, Group, console, model_options
+from .common import Command, Group, TrainingProgress, console, model_options
 from .params import SEED_MAX, Count, Real
 
 
@@ -81,16 +80,23 @@ def crossflow():
 @click.option("--seed", type=Count(0), default=0, show_default=True)
 @click.option("--template", default=DEFAULT_TEMPLATE, show_default=True,
               help="caption template for class folders")
-@click.option("--resume", is_flag=True, help="continue from the saved training state")
+@click.option("--resume", is_flag=True,
+              help="insist on continuing the saved training state (a rerun of the same command "
+                   "resumes it anyway; this makes a missing state an error)")
 @click.option("--overwrite", is_flag=True,
-              help="train again over an existing output (replaced only when the new one is done)")
+              help="start over: ignore a saved state and replace an existing output (each is "
+                   "replaced only when its new version is complete)")
 @click.option("--half", is_flag=True, help="store the final weights in fp16")
 @click.option("--quiet", "-q", is_flag=True)
 def train_cmd(data, out, spec, device, resolution, net, width, depth, text_input, condition, steps,
               batch_size, lr, weight_decay, warmup, kl_weight, regulariser, contrastive_weight,
               contrast, sigma_min, time_sampling, ema, uncond, save_every, log_every, seed,
               template, resume, overwrite, half, quiet):
-    """Train a CrossFlow on DATA, with text embeddings from a CLIP's text tower (--model)."""
+    """Train a CrossFlow on DATA, with text embeddings from a CLIP's text tower (--model).
+
+    Rerunning an interrupted command resumes its saved state; a state or output from other
+    settings is refused (--overwrite starts over). Nothing existing is replaced before its
+    replacement is complete."""
     config = FlowTrainConfig(
         data=data, out=out, resolution=resolution, net=net, width=width, depth=depth,
         text_input=text_input, condition=condition, steps=steps, batch_size=batch_size, lr=lr,
@@ -101,20 +107,17 @@ def train_cmd(data, out, spec, device, resolution, net, width, depth, text_input
         template=template, resume=resume, overwrite=overwrite, half=half)
     config.validate()
     dev = resolve_device(device)
-    with Progress(TextColumn("[bold]crossflow"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
-                  disable=quiet) as progress:
-        task = progress.add_task("train", total=steps, info="")
+    progress = TrainingProgress("crossflow", steps, out, save_every, overwrite, quiet)
 
-        def on_log(log):
-            info = (f"loss {log.loss:.4f} flow {log.flow:.4f} kl {log.kl:.3f} "
-                    f"con {log.contrastive:.3f} {log.images_per_s:.0f} img/s")
-            progress.update(task, info=info)
-            if not quiet and not console.is_terminal:
-                console.print(f"step {log.step} {info}")
+    def on_log(log):
+        info = (f"loss {log.loss:.4f} flow {log.flow:.4f} kl {log.kl:.3f} "
+                f"con {log.contrastive:.3f} {log.images_per_s:.0f} img/s")
+        progress.info(info)
+        if not quiet and not console.is_terminal:
+            console.print(f"step {log.step} {info}")
 
-        path = train_flow(config, spec, dev, on_log=on_log,
-                          on_step=lambda s: progress.update(task, completed=s))
+    path = progress.run(lambda: train_flow(config, spec, dev, on_log=on_log,
+                                           on_step=progress.on_step, on_state=progress.on_state))
     click.echo(str(path))
 
 

@@ -375,12 +375,11 @@ def test_train_writes_a_checkpoint_and_resumes_exactly(tmp_path, world_captions,
         if step == 3:
             raise Stop
 
-    half = FlowTrainConfig(out=str(tmp_path / "half.safetensors"), steps=6, save_every=3,
-                           resume=True, **base)
+    half = FlowTrainConfig(out=str(tmp_path / "half.safetensors"), steps=6, save_every=3, **base)
     with pytest.raises(Stop):
         train_flow(half, spec, torch.device("cpu"), on_step=interrupt)
     assert (tmp_path / "half.safetensors.state.pt").is_file()
-    resumed = train_flow(half, spec, torch.device("cpu"))
+    resumed = train_flow(dataclasses.replace(half, resume=True), spec, torch.device("cpu"))
     a, meta = load_flow(whole, torch.device("cpu"))
     b, _ = load_flow(resumed, torch.device("cpu"))
     for key, value in a.state_dict().items():

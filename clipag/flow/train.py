@@ -22,8 +22,9 @@ from ..train.data import DEFAULT_TEMPLATE, BatchStream, load_all, open_dataset
 from ..errors import ClipagError
 from ..load import ModelSpec, load_spec
 from ..models import Guide
-from ..train.common import (average_gradients, barrier, finished, init_distributed, load_state,
-                       lr_factor, restore, save_state, state_path)
+from ..train.common import (TrainingState, average_gradients, barrier, check_writable,
+                            clean_stale_parts, finished, init_distributed, lr_factor,
+                            state_path)
 
 
 @dataclass
@@ -53,8 +54,8 @@ class FlowTrainConfig:
     log_every: int = 50
     seed: int = 0
     template: str = DEFAULT_TEMPLATE
-    resume: bool = False
-    overwrite: bool = False  # train again over a finished `out`, replaced only at the end
+    resume: bool = False  # insist on continuing a saved state (a matching one is resumed anyway)
+    overwrite: bool = False  # start over; the old output is replaced only by a complete new one
     half: bool = False
 
     def validate(self) -> None:
@@ -81,6 +82,8 @@ class FlowTrainConfig:
             raise ClipagError(f"unknown --contrast {self.contrast!r}: {' or '.join(CONTRASTS)}")
         self.weights.validate()
         self.architecture(1, 1).validate()
+        if self.resume and self.overwrite:
+            raise ClipagError("--resume and --overwrite contradict each other: pick one")
 
     def architecture(self, text_dim: int, text_len: int = 0) -> FlowConfig:
         width, depth = NET_SIZES[self.net]
@@ -146,15 +149,42 @@ def text_model_name(spec: ModelSpec, guide: Guide) -> str:
     return str(Path(spec.checkpoint).resolve()) if spec.checkpoint else (spec.model or guide.name)
 
 
+def run_record(config: FlowTrainConfig, spec: ModelSpec, guide: Guide, arch: FlowConfig,
+               dataset) -> dict:
+    """What a resumable state belongs to: every setting that shapes the training trajectory
+    (not logging, saving, storage precision or the device), one plain value per field, named
+    as the CLI option it comes from where there is one, so a refusal names the option."""
+    weights = {_WEIGHT_OPTIONS.get(k, k): v for k, v in asdict(config.weights).items()}
+    return {"data": dataset.fingerprint(), "text_model": text_model_name(spec, guide),
+            "pretrained": spec.pretrained, **asdict(arch), **weights, "steps": config.steps,
+            "batch_size": config.batch_size, "lr": config.lr,
+            "weight_decay": config.weight_decay, "warmup": config.warmup,
+            "grad_clip": config.grad_clip, "ema": config.ema, "seed": config.seed,
+            "template": config.template}
+
+
+_WEIGHT_OPTIONS = {"kl": "kl_weight", "contrastive": "contrastive_weight",
+                   "time": "time_sampling"}  # LossWeights field: `crossflow train` option
+
+
 def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.device,
                on_log: Callable[[FlowLog], None] | None = None,
-               on_step: Callable[[int], None] | None = None) -> Path:
+               on_step: Callable[[int], None] | None = None,
+               on_state: Callable[[int, Path], None] | None = None) -> Path:
+    """Train, keep a resumable state every `save_every` steps, and write the flow, as
+    `clipag.train.robustify.robustify` does: everything is checked before the first step,
+    a saved state of this run is resumed and one of other settings refused, and nothing
+    that exists is replaced until its replacement is complete. `on_state(step, path)` hears
+    which step the state on disk holds, whenever that changes (resumed or saved)."""
+    started = time.time()
     config.validate()
     rank, world = init_distributed(device)
     out = Path(config.out)
-    saved = state_path(out)
-    if not config.overwrite and finished(out, config.resume):
+    if rank == 0:
+        clean_stale_parts((out, state_path(out)), started)
+    if finished(out, config.resume, config.overwrite):
         return out
+    check_writable(out)
     torch.manual_seed(config.seed)
     text_guide = load_spec(text_spec, device, quiet=rank != 0)
     text_guide.model.requires_grad_(False)
@@ -172,9 +202,9 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup, config.steps))
-    step, position = 0, 0
-    if config.resume and saved.exists():
-        step, position = restore(load_state(saved), trainee, optimizer, scheduler)
+    state = TrainingState(out, run_record(config, text_spec, text_guide, arch, dataset), trainee,
+                          optimizer, scheduler, config.overwrite, on_state)
+    step, position = state.resume(config.steps)
     stream = BatchStream(dataset, config.batch_size, config.resolution, seed=config.seed,
                          position=position, rank=rank, world=world)
     batches = iter(stream)
@@ -200,7 +230,7 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
                            seen * world / max(elapsed, 1e-9)))
             tick, seen = time.perf_counter(), 0
         if config.save_every and step % config.save_every == 0 and step < config.steps and rank == 0:
-            save_state(saved, trainee, optimizer, scheduler, step, stream.position)
+            state.save(step, stream.position)
         if on_step:
             on_step(step)
     if rank == 0:
@@ -211,8 +241,7 @@ def train_flow(config: FlowTrainConfig, text_spec: ModelSpec, device: torch.devi
                 "loss_weights": asdict(config.weights), "ema": config.ema,
                 "weights": "ema" if config.ema else "last"}
         final = trainee.ema.average if config.ema else model
-        save_flow(out, final, meta, half=config.half)
-        if saved.exists():
-            saved.unlink()
+        state.finish(lambda: save_flow(out, final, meta, half=config.half), step,
+                     stream.position)
     barrier()
     return out
