@@ -9,6 +9,7 @@ import click
 from clipag.flow.crossflow import (CONDITIONS, CONTRASTS, DEFAULT_FLOW, NET_SIZES, NETS,
                                    REGULARISERS, TEXT_INPUTS, TIME_SAMPLINGS, FlowInit, LossWeights,
                                    SampleConfig, load_flow, text_guide_for)
+from clipag.batch import check_writable
 from clipag.flow.train import FlowTrainConfig, train_flow
 from clipag.device import resolve_device
 from clipag.train.data import DEFAULT_TEMPLATE
@@ -150,6 +151,7 @@ def sample_cmd(prompt, flow_path, outdir, samples, seed, steps, guidance, method
         raise ClipagError(f"impossible size {size}: use 8..4096 pixels")
     config = SampleConfig(steps, guidance, method, temperature)
     config.validate()
+    check_writable(Path(outdir))
     dev = resolve_device(device)
     model, meta = load_flow(Path(flow_path) if flow_path else DEFAULT_FLOW, dev)
     text = text_guide_for(meta, dev)
@@ -163,8 +165,14 @@ def sample_cmd(prompt, flow_path, outdir, samples, seed, steps, guidance, method
         image = drafter.draft(parsed, seed + k).cpu()
         if size:
             image = upsample(image[None], size)[0]
-        save_png(path, image, {"prompt": prompt, "seed": seed + k, "init": "crossflow",
-                               "flow": meta.get("name"), "steps": steps, "guidance": guidance,
-                               "method": method, "temperature": temperature,
-                               "torch": torch.__version__})
+        try:
+            save_png(path, image, {"prompt": prompt, "seed": seed + k, "init": "crossflow",
+                                   "flow": meta.get("name"), "steps": steps,
+                                   "guidance": guidance, "method": method,
+                                   "temperature": temperature, "torch": torch.__version__})
+        except OSError as exc:
+            previous = " (the previous file is unchanged)" if path.exists() else ""
+            done = f"the {k} image{'s' * (k != 1)} before it" if k else "no image"
+            raise ClipagError(f"could not write {path}{previous}: {exc.strerror or exc}; "
+                              f"kept: {done}") from None
         click.echo(str(path))
