@@ -12,8 +12,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from clipag.output import image_format, save_image
-from clipag.batch import (RunConfig, WriteError, batches, check_writable, claim_batch, finished,
-                          model_identity, plan, rank_and_world, release, run_batch, share, sweep)
+from clipag.batch import (RunConfig, WriteError, batches, check_tasks, check_writable, claim_batch,
+                          finished, model_identity, plan, rank_and_world, release, run_batch,
+                          share, sweep)
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
 from clipag.load import load_spec, preset_of
@@ -267,6 +268,7 @@ def execute(tasks, spec, device, folder: Path, run: RunConfig, quiet: bool, prev
         notes(todo)
     dev = resolve_device(device)
     guide = load_spec(spec, dev, quiet=quiet)
+    check_tasks(tasks, guide)  # every line against the model, before the first image
     model_info = {k: v for k, v in guide.info.items() if k != "config"}
     model_info.update(name=guide.name, checkpoint_name=guide.info.get("name"))
     sweep(folder, began, {tasks[0].png.name} if single else None)

@@ -73,6 +73,9 @@ class Task:
     config: GenerateConfig
     key: str  # hash of everything that decides its pixels and files
     names: tuple[Path, ...]  # where it may be written: the plain name, then one with its key
+    # the prompts-file line whose settings it has (FILE:LINE, for messages); "" where its
+    # settings are the command line's alone
+    where: str = ""
 
     @property
     def png(self) -> Path:
@@ -214,12 +217,29 @@ def plan(jobs: list[Job], config: GenerateConfig, run: RunConfig, model: dict[st
             else:
                 stem = f"{j:04d}-{slug(job.prompt)}-s{seed}"
                 names = (outdir / f"{stem}.png", outdir / f"{stem}-{key[:8]}.png")
-            tasks.append(Task(job.prompt, job_negatives, weight, seed, cfg, key, names))
+            tasks.append(Task(job.prompt, job_negatives, weight, seed, cfg, key, names,
+                              job.where if job.settings else ""))
     if output is not None:
         if len(tasks) > 1:
             raise ClipagError("--output names one file; use --outdir for several images")
         check_output(tasks[0].png, tasks[0].config, run)
     return tasks, changed
+
+
+def check_tasks(tasks: Sequence[Task], guide: Guide) -> None:
+    """Check every task's settings against the model (its input size decides the output side,
+    which --size, --scales and patch views must fit) before any image is made: a bad line 3 of
+    a prompts file is refused before lines 1 and 2 are generated, its message naming the line.
+    Style tasks are checked by style transfer itself."""
+    seen: set[int] = set()
+    for task in tasks:
+        if id(task.config) in seen or task.config.style is not None:
+            continue  # the tasks of one line share their settings
+        seen.add(id(task.config))
+        try:
+            task.config.validate(guide)
+        except ClipagError as exc:
+            raise ClipagError(f"{task.where}: {exc}" if task.where else str(exc)) from None
 
 
 def plan_style(contents: list[Path], target: str, config: GenerateConfig, run: RunConfig,
