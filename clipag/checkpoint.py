@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,85 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
         return json.loads(raw)
     except ValueError as exc:
         raise ClipagError(f"{path}: clipag metadata is not valid JSON ({exc})") from None
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be read as a file, as the end of a sentence starting with its name
+    ("is a folder, not a file", "cannot be read: Permission denied"); None when it can."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def header_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a readable file's safetensors header (a truncated or corrupt file,
+    or another format), as the end of a sentence starting with its name; None where the
+    header reads whole."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            length = int.from_bytes(head[:8], "little")
+            if len(head) < 9 or head[8:9] != b"{":
+                return (f"is not a safetensors file ({size} bytes): corrupt, truncated or "
+                        "another format")
+            if length > size - 8:
+                return (f"is truncated: its safetensors header is {length} bytes long, but "
+                        f"only {size - 8} follow its length (an interrupted download or copy?)")
+            header = head[8:] + fh.read(length - 1)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    try:
+        json.loads(header)
+    except (ValueError, UnicodeDecodeError):
+        return "is corrupt: its safetensors header is not valid JSON"
+    return None
+
+
+# clipag's own files by the kind their header records: what each is and the flag it goes to
+FILE_KINDS = {
+    "crossflow": ("a clipag CrossFlow checkpoint (a learned start)",
+                  "--init crossflow:FILE (or crossflow sample's --flow FILE)"),
+    "gmm": ("a clipag Gaussian-mixture start", "--init FILE"),
+    "guide": ("a clipag guide model", "--checkpoint FILE")}
+
+
+def file_kind(meta: dict[str, Any] | None) -> str | None:
+    """Which of clipag's own files a header's metadata marks: "crossflow", "gmm", "guide" (a
+    model that names its architecture) or None."""
+    if not isinstance(meta, dict):
+        return None
+    if meta.get("kind") in ("crossflow", "gmm"):
+        return meta["kind"]
+    return "guide" if "arch" in meta else None
+
+
+def what_else(path: str | os.PathLike, meta: dict[str, Any] | None, wanted: str) -> str | None:
+    """Why a file is not the `wanted` kind of clipag file (FILE_KINDS), as a message: what it
+    really is and the flag that takes it, or why it cannot be read at all (a folder, no
+    permission, truncated); None where nothing more is known than that it is not one."""
+    what, _ = FILE_KINDS[wanted]
+    kind = file_kind(meta)
+    if kind is not None and kind != wanted:
+        other, flag = FILE_KINDS[kind]
+        return f"{path} is {other}, not {what}: pass it as {flag}"
+    problem = file_problem(path) or (header_problem(path) if meta is None else None)
+    return f"{path} {problem}" if problem else None
 
 
 def sniff(path: Path) -> str:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .checkpoint import file_problem, read_meta, what_else
 from .device import autocast
 from .errors import ClipagError
 from .fileio import write_atomic
@@ -78,16 +79,20 @@ class GaussianMixture:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GaussianMixture":
         path = Path(path)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise ClipagError(f"initializer file not found: {path}")
+        problem = file_problem(path)  # a folder, no permission: say so
+        if problem is not None:
+            raise ClipagError(f"initializer file {path} {problem}")
+        meta = read_meta(path)
+        if meta is None or meta.get("kind") != "gmm":
+            raise ClipagError(what_else(path, meta, "gmm")
+                              or f"{path} is not a clipag Gaussian-mixture initializer")
         try:
             tensors = load_file(str(path))
-            from .checkpoint import read_meta
-
-            meta = read_meta(path) or {}
         except (SafetensorError, OSError, ValueError) as exc:
             raise ClipagError(f"corrupt initializer file {path}: {exc}") from None
-        if meta.get("kind") != "gmm" or set(tensors) != {"weights", "means", "factors", "diag"}:
+        if set(tensors) != {"weights", "means", "factors", "diag"}:
             raise ClipagError(f"{path} is not a clipag Gaussian-mixture initializer")
         return cls(*check_mixture(tensors, meta.get("resolution"), path))
 
@@ -216,16 +221,23 @@ InitSource = GaussianMixture | FlowInit | None
 
 
 def check_init(init: str) -> None:
-    """A clear error for an init that names nothing usable."""
+    """A clear error for an init that names nothing usable: a missing file, one that cannot
+    be read (a folder, no permission, truncated), or another of clipag's files (a CrossFlow
+    given as a mixture, or the other way round)."""
     if init in ("gmm", "noise", "crossflow"):
         return
-    if init.startswith("crossflow:"):
-        if not Path(init.split(":", 1)[1]).is_file():
-            raise ClipagError(f"--init {init}: CrossFlow checkpoint not found")
-        return
-    if not Path(init).is_file():
-        raise ClipagError(f"--init must be gmm, noise, crossflow[:FILE] or a mixture file; "
+    flow = init.startswith("crossflow:")
+    path = init.split(":", 1)[1] if flow else init
+    problem = file_problem(path)
+    if problem == "does not exist":
+        raise ClipagError(f"--init {init}: CrossFlow checkpoint not found" if flow else
+                          f"--init must be gmm, noise, crossflow[:FILE] or a mixture file; "
                           f"{init!r} not found")
+    if problem is not None:
+        raise ClipagError(f"--init {init}: {path} {problem}")
+    wrong = what_else(path, read_meta(path), "crossflow" if flow else "gmm")
+    if wrong is not None:
+        raise ClipagError(f"--init {init}: {wrong}")
 
 
 def init_source(config: GenerateConfig, guide: Guide) -> InitSource:

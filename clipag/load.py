@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import (check_compatible, is_torchscript_object, read_meta, read_object,
-                         save_checkpoint, unwrap)
+from .checkpoint import (check_compatible, file_kind, file_problem, is_torchscript_object,
+                         read_meta, read_object, save_checkpoint, unwrap, what_else)
 from .device import resolve_device
 from .ensemble import is_mix, load_mix
 from .errors import ClipagError
@@ -131,6 +131,7 @@ def _arch_with(arch: str, pretrained: str | None, trust: bool, say) -> Guide:
         path = fetch(pretrained, quiet=False)
         return _full_file(path, arch, read_object(path, trust), say)
     if Path(pretrained).exists():
+        _guide_meta(Path(pretrained))
         return _full_file(Path(pretrained), arch, read_object(pretrained, trust), say)
     if arch in ARCH_CONFIGS:
         raise ClipagError(f"{arch} has no pretrained tag {pretrained!r}: give a file, a URL or none")
@@ -234,7 +235,7 @@ def _from_checkpoint(spec: ModelSpec, say) -> Guide:
     if spec.checkpoint in PRESETS and not path.exists():
         raise ClipagError(f"{spec.checkpoint} is a preset, not a file: use --model "
                           f"{spec.checkpoint}")
-    meta = read_meta(path) if path.is_file() else None
+    meta = _guide_meta(path)
     if meta is not None and "arch" in meta:
         _check_same_arch(path, meta["arch"], spec.model)
         if spec.pretrained:
@@ -256,6 +257,22 @@ def _from_checkpoint(spec: ModelSpec, say) -> Guide:
         raise ClipagError(f"{path} holds a whole model; --model hf-hub:… brings its own weights")
     arch = PRESETS[name].arch if name in PRESETS else name
     return _full_file(path, arch, obj, say)
+
+
+def _guide_meta(path: Path) -> dict[str, Any] | None:
+    """A weights file's clipag metadata (None for a foreign file), refusing what cannot be a
+    guide's weights: a file that cannot be read (a folder, no permission: said as such), and
+    clipag's other files (a CrossFlow or Gaussian-mixture start), named with the flag that
+    takes them."""
+    if not path.exists() and not path.is_symlink():
+        return None  # read_object says "not found"
+    problem = file_problem(path)
+    if problem is not None:
+        raise ClipagError(f"checkpoint {path} {problem}")
+    meta = read_meta(path)
+    if file_kind(meta) in ("crossflow", "gmm"):
+        raise ClipagError(what_else(path, meta, "guide"))
+    return meta
 
 
 def _check_same_arch(path: Path, file_arch: Any, asked: str | None) -> None:

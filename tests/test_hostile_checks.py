@@ -9,10 +9,18 @@ said as what it is, in one `error:` line with exit code 2, no traceback and noth
 - class 7 (memory): a prompts file that never ends or is huge, and an init image of
   1 x 1,000,000 pixels."""
 
+import os
+
 import pytest
+import torch
 from click.testing import CliRunner
 
+import clipag.checkpoint
+import clipag.prompts
 from clipag.cli.main import cli
+from clipag.errors import ClipagError
+from clipag.flow.crossflow import CrossFlow, FlowConfig, load_flow, save_flow, text_probe
+from clipag.init import GaussianMixture, fit
 
 FAST = ["--steps", "2", "--views", "2", "--patch-views", "0", "--init-candidates", "4",
         "--device", "cpu", "-q"]
@@ -29,6 +37,23 @@ def one_error_line(result, *needles):
     assert len(lines) == 1, result.output
     for needle in needles:
         assert needle in lines[0], result.output
+
+
+@pytest.fixture
+def flow16(tmp_path, tiny_guide):
+    """A tiny CrossFlow with 16 px drafts, on the tiny guide's text tower."""
+    with torch.no_grad():
+        dim = tiny_guide.encode_texts(["x"]).shape[-1]
+    cfg = FlowConfig(text_dim=dim, resolution=16, patch=2, width=32, depth=2, heads=2,
+                     ve_hidden=64, embed_dim=16)
+    return save_flow(tmp_path / "flow16.safetensors", CrossFlow(cfg),
+                     {"text_model": "tiny", "text_probe": text_probe(tiny_guide.encode_texts)})
+
+
+@pytest.fixture
+def mixture(tmp_path):
+    images = torch.rand(40, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    return fit(images, components=2, rank=2, seed=0).save(tmp_path / "mixture.safetensors")
 
 
 # --- class 9: every line checked against the model before the first image ------------------
@@ -67,3 +92,83 @@ def test_a_byte_order_mark_keeps_a_first_comment_a_comment(tmp_path, tiny_checkp
     result = run("generate", "-f", prompts, "-c", tiny_checkpoint, "-d", out, *FAST)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("*.png")) == ["0000-a-red-circle-s0.png"]
+
+
+# --- class 11: misleading words ------------------------------------------------------------
+
+def _unreadable(path, monkeypatch):
+    """A file this process may not read: chmod 000, or where root reads anyway, its open
+    refused as the kernel would."""
+    path.chmod(0)
+    if os.geteuid() != 0:
+        return
+    real = open
+
+    def refuse(name, *args, **kwargs):
+        if os.path.abspath(name) == os.path.abspath(path):
+            raise PermissionError(13, "Permission denied", str(name))
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(clipag.checkpoint, "open", refuse, raising=False)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("folder", "is a folder"), ("truncated", "is truncated"),
+    ("unreadable", "cannot be read: Permission denied")])
+def test_an_unreadable_crossflow_file_says_what_is_wrong(tmp_path, flow16, tiny_checkpoint,
+                                                         monkeypatch, how, message):
+    bad = tmp_path / "bad.safetensors"
+    if how == "folder":
+        bad.mkdir()
+    elif how == "truncated":
+        bad.write_bytes(flow16.read_bytes()[:300])
+    else:
+        bad.write_bytes(flow16.read_bytes())
+        _unreadable(bad, monkeypatch)
+    try:
+        with pytest.raises(ClipagError, match=message) as caught:
+            load_flow(bad, torch.device("cpu"))
+        assert "not a clipag CrossFlow" not in str(caught.value)
+        out = tmp_path / "out"
+        result = run("generate", "a red circle", "-c", tiny_checkpoint, "--init",
+                     f"crossflow:{bad}", "-d", out, *FAST)
+        one_error_line(result, str(bad), message)
+        assert "not a clipag CrossFlow" not in result.output and not out.exists()
+        if how != "folder":  # click refuses a folder as --flow itself
+            result = run("crossflow", "sample", "a red circle", "--flow", bad, "-d", out,
+                         "--device", "cpu")
+            one_error_line(result, str(bad), message)
+            assert not out.exists() or not list(out.iterdir())
+    finally:
+        if bad.is_file():
+            bad.chmod(0o644)
+
+
+def test_a_flow_or_mixture_given_as_the_other_says_which_it_is(tmp_path, flow16, mixture,
+                                                                tiny_checkpoint):
+    out = tmp_path / "out"
+    result = run("generate", "a red circle", "-c", tiny_checkpoint, "--init", mixture,
+                 "-d", out, *FAST)
+    assert result.exit_code == 0, result.output  # the mixture is a good --init
+    for init, needles in [(f"crossflow:{mixture}", ["Gaussian-mixture start", "--init FILE"]),
+                          (str(flow16), ["CrossFlow", "--init crossflow:FILE"])]:
+        one_error_line(run("generate", "a red circle", "-c", tiny_checkpoint, "--init", init,
+                           "-d", tmp_path / "o2", *FAST), *needles)
+    assert not (tmp_path / "o2").exists()
+    with pytest.raises(ClipagError, match="CrossFlow checkpoint"):
+        GaussianMixture.load(flow16)
+
+
+@pytest.mark.parametrize("flag", ["-c", "--pretrained"])
+def test_a_flow_or_mixture_given_as_the_guide_says_what_it_is_and_where_it_goes(
+        tmp_path, flow16, mixture, flag):
+    model = ["--model", "clipag-tiny"] if flag == "--pretrained" else []
+    out = tmp_path / "out"
+    for path, needles in [(flow16, ["CrossFlow", "not a clipag guide model",
+                                    "--init crossflow:FILE"]),
+                          (mixture, ["Gaussian-mixture start", "not a clipag guide model",
+                                     "--init FILE"])]:
+        result = run("generate", "a red circle", *model, flag, path, "-d", out, *FAST)
+        one_error_line(result, str(path), *needles)
+        assert "--model ARCH" not in result.output
+    assert not out.exists()

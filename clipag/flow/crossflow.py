@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import check_compatible, load_state_dict, read_meta, save_checkpoint
+from ..checkpoint import (check_compatible, file_problem, load_state_dict, read_meta,
+                          save_checkpoint, what_else)
 from ..errors import ClipagError
 from ..load import ModelSpec, load_spec
 from ..models import Guide
@@ -453,11 +454,15 @@ def save_flow(path, model: CrossFlow, meta: dict, half: bool = False):
 def load_flow(path, device: torch.device) -> tuple[CrossFlow, dict]:
     """A CrossFlow checkpoint written by `save_flow`, read safely (safetensors only)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise ClipagError(f"CrossFlow checkpoint not found: {path}")
+    problem = file_problem(path)  # a folder, no permission: say so, not "not a CrossFlow"
+    if problem is not None:
+        raise ClipagError(f"CrossFlow checkpoint {path} {problem}")
     meta = read_meta(path)
     if not meta or meta.get("kind") != "crossflow" or "flow" not in meta:
-        raise ClipagError(f"{path} is not a clipag CrossFlow checkpoint (train one with "
+        raise ClipagError(what_else(path, meta, "crossflow")
+                          or f"{path} is not a clipag CrossFlow checkpoint (train one with "
                           "`clipag crossflow train`)")
     try:
         cfg = FlowConfig(**{**LEGACY_CONFIG, **meta["flow"]})
