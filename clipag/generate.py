@@ -21,7 +21,7 @@ from .augment import VIEW_STYLES, ViewConfig
 from .canvas import CANVASES, CanvasConfig, build, dynamic_threshold
 from .canvas.config import CANVAS_NAMES, DEFAULT_LR
 from .errors import ClipagError
-from .flow.crossflow import FlowInit
+from .flow.crossflow import FlowInit, draft_side
 from .init import (InitSource, check_init, init_name, init_source, initial_images,
                    SampleConfig)
 from .models import Guide
@@ -100,8 +100,13 @@ class GenerateConfig:
             if min(self.scales) < 8 or any(a >= b for a, b in zip(sides, sides[1:])):
                 raise ClipagError(f"--scales must rise from >= 8 to below the output side {size}: "
                                   f"got {','.join(map(str, self.scales))}")
-            if self.steps < len(sides):
-                raise ClipagError(f"--steps must be >= {len(sides)} for {len(sides)} scales")
+            side = start_side(self)  # a CrossFlow start skips the stages below its draft
+            run = tuple(s for s in sides if side is None or s >= side or s == size)
+            if self.steps < len(run):
+                skipped = (f" (the CrossFlow start skips the scales below its {side} px draft: "
+                           f"{','.join(str(s) for s in sides if s not in run)})"
+                           if len(run) < len(sides) else "")
+                raise ClipagError(f"--steps must be >= {len(run)} for {len(run)} scales{skipped}")
         return size
 
     def check(self) -> None:
@@ -239,6 +244,16 @@ def _check_declared(config: "GenerateConfig", prefix: tuple[str, ...]) -> None:
 def check_size(size: int) -> None:
     if size < 8 or size > 4096:
         raise ClipagError(f"impossible size {size}: use 8..4096 pixels")
+
+
+def start_side(config: GenerateConfig) -> int | None:
+    """The side of the CrossFlow draft `config` starts from, read from the flow file's header
+    before anything is loaded (None: another start, or a file that does not say). `for_start`
+    drops the coarse stages below it."""
+    if (config.init_image or not config.init.startswith("crossflow")
+            or not CANVASES[config.canvas.name].from_images):
+        return None
+    return draft_side(config.init)
 
 
 def for_start(config: GenerateConfig, source: InitSource) -> GenerateConfig:

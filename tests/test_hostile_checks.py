@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 import clipag.checkpoint
 import clipag.prompts
@@ -172,3 +173,18 @@ def test_a_flow_or_mixture_given_as_the_guide_says_what_it_is_and_where_it_goes(
         one_error_line(result, str(path), *needles)
         assert "--model ARCH" not in result.output
     assert not out.exists()
+
+
+def test_a_crossflow_start_counts_only_the_scales_it_runs(tmp_path, tiny_checkpoint, flow16):
+    """A 16 px draft drops the 8 px stage: 8,16,32 then 64 is three stages, not four."""
+    out = tmp_path / "x.png"
+    base = ["generate", "a red circle", "-c", tiny_checkpoint, "--init", f"crossflow:{flow16}",
+            "--flow-steps", "1", "--size", "64", "--views", "2", "--patch-views", "0",
+            "--device", "cpu", "-q"]
+    result = run(*base, "--scales", "8,16,32", "--steps", "3", "-o", out)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+    one_error_line(run(*base, "--scales", "8,16,32", "--steps", "2", "-o", tmp_path / "y.png"),
+                   "--steps must be >= 3 for 3 scales", "skips the scales below its 16 px draft")
+    assert not (tmp_path / "y.png").exists()

@@ -478,6 +478,23 @@ def load_flow(path, device: torch.device) -> tuple[CrossFlow, dict]:
 DEFAULT_FLOW = Path(__file__).parent.parent / "assets" / "world-crossflow.safetensors"
 
 
+def flow_path(spec: str) -> Path:
+    """The file an --init of `crossflow` (the embedded world flow) or `crossflow:PATH` names."""
+    return Path(spec.split(":", 1)[1]) if ":" in spec else DEFAULT_FLOW
+
+
+def draft_side(spec: str) -> int | None:
+    """The side of the drafts the flow an --init `crossflow[:PATH]` names makes, read from
+    its header alone (no weights); None where the file does not say (`load_flow` then
+    says what is wrong with it)."""
+    try:
+        meta = read_meta(flow_path(spec))
+        side = FlowConfig(**{**LEGACY_CONFIG, **meta["flow"]}).resolution
+    except (ClipagError, TypeError, KeyError):
+        return None
+    return side if isinstance(side, int) and not isinstance(side, bool) else None
+
+
 def text_guide_for(meta: dict, device: torch.device, guide: Guide | None = None,
                    spec: ModelSpec | None = None) -> Guide:
     """The CLIP whose text tower the flow was trained with: `guide` when its tower matches,
@@ -532,7 +549,7 @@ class FlowInit:
 def load_flow_init(spec: str, device: torch.device, guide: Guide | None,
                    sampling: SampleConfig) -> FlowInit:
     """`crossflow` (the embedded world flow) or `crossflow:PATH`."""
-    path = Path(spec.split(":", 1)[1]) if ":" in spec else DEFAULT_FLOW
+    path = flow_path(spec)
     if ":" not in spec and not path.is_file():
         raise ClipagError(f"the embedded CrossFlow is missing from this install ({path}); "
                           "train one with `clipag crossflow train` and pass --init crossflow:FILE")
