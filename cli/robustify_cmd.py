@@ -93,11 +93,6 @@ def robustify_cmd(data, out, spec, device, objective, norm, eps, attack_steps, a
     if spec.model is None and spec.checkpoint is None:
         raise ClipagError("name the model to train: --model ARCH --pretrained TAG|FILE|none, "
                           "a preset, or --checkpoint FILE")
-    from clipag.ensemble import is_mix
-
-    if spec.model and is_mix(spec.model):
-        raise ClipagError(f"--model {spec.model} is a mix of guides, which guides generation "
-                          "but cannot be trained: robustify one model at a time")
     threat = ThreatModel(norm, eps, attack_steps, attack_step_size, not no_random_start)
     config = TrainConfig(data=data, out=out, objective=objective, threat=threat,
                          train_text=train_text, pag_weight=pag_weight,

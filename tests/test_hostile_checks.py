@@ -22,6 +22,8 @@ from clipag.cli.main import cli
 from clipag.errors import ClipagError
 from clipag.flow.crossflow import CrossFlow, FlowConfig, load_flow, save_flow, text_probe
 from clipag.init import GaussianMixture, fit
+from clipag.load import ModelSpec
+from clipag.train.robustify import TrainConfig, robustify
 
 FAST = ["--steps", "2", "--views", "2", "--patch-views", "0", "--init-candidates", "4",
         "--device", "cpu", "-q"]
@@ -97,6 +99,21 @@ def test_a_byte_order_mark_keeps_a_first_comment_a_comment(tmp_path, tiny_checkp
 
 # --- class 11: misleading words ------------------------------------------------------------
 
+@pytest.mark.parametrize("command", ["generate", "draw"])
+def test_a_bogus_device_is_an_error_even_when_every_image_is_finished(tmp_path, tiny_checkpoint,
+                                                                     command):
+    out = tmp_path / "x.png"
+    args = [command, "a red circle", "-c", tiny_checkpoint, "-o", out, "--steps", "2",
+            "--views", "2", "--patch-views", "0", "-q"]
+    if command == "draw":
+        args += ["--strokes", "4"]
+    result = run(*args, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    one_error_line(run(*args, "--device", "bogus"), "unknown device 'bogus'")
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
 def _unreadable(path, monkeypatch):
     """A file this process may not read: chmod 000, or where root reads anyway, its open
     refused as the kernel would."""
@@ -158,6 +175,13 @@ def test_a_flow_or_mixture_given_as_the_other_says_which_it_is(tmp_path, flow16,
     assert not (tmp_path / "o2").exists()
     with pytest.raises(ClipagError, match="CrossFlow checkpoint"):
         GaussianMixture.load(flow16)
+
+
+def test_robustify_refuses_a_guide_mix_in_the_library_too(tmp_path, world_captions):
+    config = TrainConfig(data=str(world_captions), out=str(tmp_path / "r.safetensors"), steps=1)
+    with pytest.raises(ClipagError, match="is a mix of guides, which .* cannot be trained"):
+        robustify(config, ModelSpec(model="world-robust*1+world-vanilla"), torch.device("cpu"))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("flag", ["-c", "--pretrained"])

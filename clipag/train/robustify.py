@@ -37,6 +37,7 @@ from ..checkpoint import save_checkpoint
 from .data import DEFAULT_TEMPLATE, BatchStream, Dataset, check_template, open_dataset, split
 from ..device import autocast
 from ..errors import ClipagError
+from ..ensemble import is_mix
 from ..load import ModelSpec, load_spec as load_guide
 from ..models import Guide
 from .common import (TrainingState, average_gradients, barrier, check_writable,
@@ -317,6 +318,9 @@ def robustify(config: TrainConfig, spec: ModelSpec, device: torch.device,
     `overwrite` to start over). `on_state(step, path)` hears which step the state on disk
     holds, whenever that changes (resumed or saved)."""
     started = time.time()
+    if spec.model and not spec.checkpoint and is_mix(spec.model):
+        raise ClipagError(f"--model {spec.model} is a mix of guides, which guides generation "
+                          "but cannot be trained: robustify one model at a time")
     config.validate()
     rank, world = init_distributed(device)
     out = Path(config.out)
