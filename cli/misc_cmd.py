@@ -87,14 +87,22 @@ def eval_cmd(data, spec, device, norm, eps, attack_steps, attack_step_size, temp
     dataset = split(open_dataset(data, template), holdout, "eval")
     if not dataset.classes:
         raise ClipagError("eval needs a labelled class-folder dataset (class_name/*.jpg)")
+    if dataset.empty_classes:  # left out, it would vanish from the accuracy unseen
+        empty = dataset.empty_classes
+        shown = ", ".join(empty[:5]) + (f" (+{len(empty) - 5} more)" if len(empty) > 5 else "")
+        raise ClipagError(f"{data}: the class folder{'s' * (len(empty) > 1)} {shown} "
+                          f"hold{'s' * (len(empty) == 1)} no images, so the accuracy would "
+                          f"leave {'them' if len(empty) > 1 else 'it'} out: add images or "
+                          "remove the folder")
     guide = load_spec(spec, resolve_device(device))
     result = zero_shot(guide, dataset, threat, batch_size=batch_size, limit=limit)
     table = Table(title=f"zero-shot accuracy of {guide.name} on {data}")
-    for column in ("images", "classes", "clean", f"robust ({norm} eps {eps:g})"):
+    for column in ("images", "unreadable (skipped)", "classes", "clean",
+                   f"robust ({norm} eps {eps:g})"):
         table.add_column(column)
     robust = "-" if result.robust_accuracy is None else f"{result.robust_accuracy:.3f}"
-    table.add_row(str(result.images), str(len(dataset.classes)), f"{result.clean_accuracy:.3f}",
-                  robust)
+    table.add_row(str(result.images), str(result.skipped), str(len(dataset.classes)),
+                  f"{result.clean_accuracy:.3f}", robust)
     out.print(table)
     if json_path:
         payload = {"model": guide.name, "data": data, **dataclasses.asdict(result)}

@@ -11,6 +11,7 @@ said as what it is, in one `error:` line with exit code 2, no traceback and noth
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -212,3 +213,35 @@ def test_a_crossflow_start_counts_only_the_scales_it_runs(tmp_path, tiny_checkpo
     one_error_line(run(*base, "--scales", "8,16,32", "--steps", "2", "-o", tmp_path / "y.png"),
                    "--steps must be >= 3 for 3 scales", "skips the scales below its 16 px draft")
     assert not (tmp_path / "y.png").exists()
+
+
+def _class_folders(root, classes):
+    """Class folders of tiny PNGs; `classes` maps a name to (good images, corrupt ones)."""
+    rng = np.random.default_rng(0)
+    for name, (good, bad) in classes.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(good):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                folder / f"{i}.png")
+        for i in range(bad):
+            (folder / f"bad{i}.png").write_bytes(b"not a png")
+    return root
+
+
+def test_eval_names_an_empty_class_folder_instead_of_dropping_it(tmp_path, tiny_checkpoint):
+    data = _class_folders(tmp_path / "data", {"circle": (2, 0), "square": (0, 0)})
+    report = tmp_path / "r.json"
+    result = run("eval", data, "-c", tiny_checkpoint, "--eps", "0", "--json", report)
+    one_error_line(result, "square", "no images")
+    assert not report.exists()
+
+
+def test_eval_shows_how_many_images_were_skipped_as_unreadable(tmp_path, tiny_checkpoint):
+    data = _class_folders(tmp_path / "data", {"circle": (2, 1), "square": (2, 2)})
+    result = run("eval", data, "-c", tiny_checkpoint, "--eps", "0")
+    assert result.exit_code == 0, result.output
+    assert "unreadable" in result.output
+    rows = [line for line in result.output.splitlines() if "0." in line or "1.0" in line]
+    cells = [c.strip() for c in rows[-1].replace("┃", "│").split("│") if c.strip()]
+    assert cells[:3] == ["4", "3", "2"], result.output  # images, skipped, classes

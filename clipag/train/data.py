@@ -62,6 +62,8 @@ class Dataset:
     shards: list[Path] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     template: str = DEFAULT_TEMPLATE
+    # class-folder layout: the class folders that hold no image (left out of `classes`)
+    empty_classes: list[str] = field(default_factory=list)
 
     @property
     def streamed(self) -> bool:
@@ -181,14 +183,17 @@ def open_dataset(spec: str | Path, template: str = DEFAULT_TEMPLATE) -> Dataset:
                                   "image, or a captions.csv)")
             layout = "captions"
         else:
-            classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _images_in(d))
+            folders = sorted(d.name for d in root.iterdir() if d.is_dir())
+            classes = [name for name in folders if _images_in(root / name)]
             records = [Record(f"{name}/{image.name}", template.format(name.replace("_", " ")),
                               label, image)
                        for label, name in enumerate(classes) for image in _images_in(root / name)]
             if not records:
                 raise ClipagError(f"{root}: no images found (captioned folder, manifest, class "
                                   "folders or .tar shards)")
-            return Dataset(spec, records, classes=classes, template=template)
+            return Dataset(spec, records, classes=classes, template=template,
+                           empty_classes=[name for name in folders if name not in classes
+                                          and not name.startswith(".")])
     if not records:
         raise ClipagError(f"{root}: the {layout} dataset is empty")
     return Dataset(spec, records, template=template)
@@ -207,7 +212,8 @@ def split(dataset: Dataset, holdout: float, part: str) -> Dataset:
     keep = [r for r in dataset.records if in_holdout(r.key, holdout) == (part == "eval")]
     if not keep:
         raise ClipagError(f"the {part} split of {dataset.root} is empty (holdout={holdout})")
-    return Dataset(dataset.root, keep, classes=dataset.classes, template=dataset.template)
+    return Dataset(dataset.root, keep, classes=dataset.classes, template=dataset.template,
+                   empty_classes=dataset.empty_classes)
 
 
 @dataclass
