@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -13,6 +15,7 @@ from .errors import ClipagError
 
 _WEIGHT = re.compile(r"^(.*?):\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$", re.S)
 MAX_WEIGHT = 1e6  # |weight| beyond it is a typo, and overflows float32 losses
+MAX_PROMPTS_BYTES = 64 << 20  # a prompts file past it is a mistake (or never ends: /dev/zero)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,18 @@ def read_prompts_file(path: str | Path) -> list[Job]:
     key and any generate setting per line (`.jsonl` files)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not text
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise ClipagError(f"prompts file {path} is a folder, not a file")
+        if not stat.S_ISREG(mode):  # /dev/zero, a FIFO: reading would never end, or block
+            raise ClipagError(f"prompts file {path} is not a regular file (a device, FIFO or "
+                              "socket); save the prompts to a file")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_PROMPTS_BYTES + 1)  # at most the cap, even if it grows meanwhile
+        if len(raw) > MAX_PROMPTS_BYTES:
+            raise ClipagError(f"prompts file {path} is larger than "
+                              f"{MAX_PROMPTS_BYTES >> 20} MiB; split it into several files")
+        lines = raw.decode("utf-8-sig").splitlines()  # a BOM is not text
     except FileNotFoundError:
         raise ClipagError(f"prompts file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -10,6 +10,7 @@ said as what it is, in one `error:` line with exit code 2, no traceback and noth
   1 x 1,000,000 pixels."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -245,3 +246,30 @@ def test_eval_shows_how_many_images_were_skipped_as_unreadable(tmp_path, tiny_ch
     rows = [line for line in result.output.splitlines() if "0." in line or "1.0" in line]
     cells = [c.strip() for c in rows[-1].replace("┃", "│").split("│") if c.strip()]
     assert cells[:3] == ["4", "3", "2"], result.output  # images, skipped, classes
+
+
+# --- class 7: memory -------------------------------------------------------------------------
+
+def test_a_prompts_file_that_never_ends_is_refused(tmp_path, tiny_checkpoint):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    sources = [fifo] + (["/dev/zero"] if os.path.exists("/dev/zero") else [])
+    for source in sources:
+        began = time.monotonic()
+        result = run("generate", "-f", source, "-c", tiny_checkpoint, "-d", tmp_path / "out",
+                     *FAST)
+        one_error_line(result, str(source), "not a regular file")
+        assert time.monotonic() - began < 30
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_prompts_file_past_the_cap_is_refused(tmp_path, tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr(clipag.prompts, "MAX_PROMPTS_BYTES", 1 << 10)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n" * 100)
+    result = run("generate", "-f", prompts, "-c", tiny_checkpoint, "-d", tmp_path / "out",
+                 *FAST)
+    one_error_line(result, str(prompts), "larger than")
+    assert not (tmp_path / "out").exists()
+    prompts.write_text("a red circle\n" * 10)  # under the cap: fine
+    assert [j.prompt for j in clipag.prompts.read_prompts_file(prompts)] == ["a red circle"] * 10
