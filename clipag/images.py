@@ -28,17 +28,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled, mode="L").convert("RGB")
 
 
+MAX_RESIZED_ASPECT = 4  # past it an image is cropped to the square before it is resized
+
+
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """RGB float tensor (3, size, size) in [0, 1]: shorter side resized, centre crop."""
+    """RGB float tensor (3, size, size) in [0, 1]: shorter side resized, centre crop. An image
+    far from square (long side over MAX_RESIZED_ASPECT times the short) has the square cut
+    out of the source and only that resized: resizing it whole first would make a 3 KB
+    1 x 1,000,000 PNG a size x (size * 1,000,000) image in memory."""
     image = to_rgb(image)
     w, h = image.size
-    scale = size / min(w, h)
     if (w, h) != (size, size):
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                             Image.BICUBIC)
-        w, h = image.size
-        left, top = (w - size) // 2, (h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
+        scale = size / min(w, h)
+        rw, rh = max(size, round(w * scale)), max(size, round(h * scale))  # resized whole
+        left, top = (rw - size) // 2, (rh - size) // 2
+        if max(rw, rh) <= MAX_RESIZED_ASPECT * size:
+            image = image.resize((rw, rh), Image.BICUBIC)
+            image = image.crop((left, top, left + size, top + size))
+        else:  # the same square, as the part of the source it comes from
+            box = (left * w / rw, top * h / rh, (left + size) * w / rw, (top + size) * h / rh)
+            image = image.resize((size, size), Image.BICUBIC, box=box)
     array = np.asarray(image, dtype=np.uint8).copy()
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 

@@ -23,6 +23,7 @@ import clipag.prompts
 from clipag.cli.main import cli
 from clipag.errors import ClipagError
 from clipag.flow.crossflow import CrossFlow, FlowConfig, load_flow, save_flow, text_probe
+from clipag.images import decode_image
 from clipag.init import GaussianMixture, fit
 from clipag.load import ModelSpec
 from clipag.train.robustify import TrainConfig, robustify
@@ -273,3 +274,45 @@ def test_a_prompts_file_past_the_cap_is_refused(tmp_path, tiny_checkpoint, monke
     assert not (tmp_path / "out").exists()
     prompts.write_text("a red circle\n" * 10)  # under the cap: fine
     assert [j.prompt for j in clipag.prompts.read_prompts_file(prompts)] == ["a red circle"] * 10
+
+
+def test_a_one_pixel_wide_init_image_is_cropped_before_it_is_resized(tmp_path, tiny_checkpoint,
+                                                                     monkeypatch):
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.full((1_000_000, 1, 3), 200, np.uint8)).save(strip)
+    assert strip.stat().st_size < 10_000
+    largest = []
+    real = Image.Image.resize
+
+    def resize(self, size, *args, **kwargs):
+        largest.append(size[0] * size[1])
+        return real(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    began = time.monotonic()
+    image = decode_image(strip, 224)
+    assert image.shape == (3, 224, 224) and torch.allclose(image, torch.tensor(200 / 255))
+    assert max(largest) <= 224 * 224  # never the 224 x 224,000,000 the old resize asked for
+    out = tmp_path / "x.png"
+    result = run("generate", "a red circle", "-c", tiny_checkpoint, "--init-image", strip,
+                 "-o", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - began < 120
+    with Image.open(out) as made:
+        assert made.size == (32, 32)
+
+
+def test_images_of_ordinary_shapes_resize_as_before(tmp_path):
+    """Up to 4:1 the whole image is resized, then cropped, exactly as before."""
+    rng = np.random.default_rng(1)
+    for w, h in [(40, 30), (30, 100), (17, 17), (200, 51)]:
+        pil = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        scale = 32 / min(w, h)
+        rw, rh = max(32, round(w * scale)), max(32, round(h * scale))
+        left, top = (rw - 32) // 2, (rh - 32) // 2
+        want = pil.resize((rw, rh), Image.BICUBIC).crop((left, top, left + 32, top + 32))
+        path = tmp_path / f"{w}x{h}.png"
+        pil.save(path)
+        got = decode_image(path, 32)
+        assert torch.equal(got, torch.from_numpy(np.asarray(want).copy()).permute(2, 0, 1)
+                           .float() / 255)
