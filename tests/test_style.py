@@ -327,8 +327,8 @@ def test_bench_style_writes_its_tables_and_grid_and_keeps_them(tmp_path, tiny_ch
     for seed in data["reports"][0]["per_seed"]:
         assert set(seed) == {"changed", "kept", "iou", "iou_ok"}
         assert all(0 <= v <= 1 for v in seed.values())
-    with Image.open(out / "style-grid.png") as grid:  # columns content, guide; a row a case
-        assert grid.size == (2 * 128, 3 * 128)
+    with Image.open(out / "style-grid.png") as grid:  # rows content, guide; a column a case
+        assert grid.size == (3 * 128, 2 * 128)
     again = run(*args)
     assert again.exit_code == 2 and "--overwrite" in again.output
 

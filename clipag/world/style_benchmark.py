@@ -126,7 +126,8 @@ def markdown(reports: list[StyleReport], n: int, seeds: list[int], command: str)
 def run(guides: list, n: int, seeds: list[int], config, out, command: str,
         grid_cases: int = 12):
     """Each guide (name, Guide) over the cases and seeds; writes OUT/style.md, style.json and
-    style-grid.png (rows: content, then each guide's result, seed 0's first `grid_cases`)."""
+    style-grid.png (rows: the contents, then each guide's results; columns: the first
+    `grid_cases` cases, seed 0)."""
     import json
 
     from ..fileio import write_text_atomic
@@ -149,6 +150,7 @@ def run(guides: list, n: int, seeds: list[int], config, out, command: str,
         {"command": command, "cases": n, "seeds": seeds,
          "reports": [{"guide": r.guide, "mean": r.mean(), "per_seed": r.per_seed}
                      for r in reports]}, indent=2) + "\n")
-    rows = [im for row in zip(*shown) for im in row]  # column per case: content, guides
-    save_grid(out / "style-grid.png", rows, len(shown), scale=2)
+    # a row each: the contents, then each guide's results; a column per case
+    save_grid(out / "style-grid.png", [im for row in shown for im in row], len(shown[0]),
+              scale=2)
     return reports, table
