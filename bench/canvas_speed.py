@@ -157,12 +157,18 @@ def main() -> None:
             print(f"{row['model']:28s} {canvas:8s} step {row['s_step']:.3f}s render+bwd "
                   f"{row['s_render'] + row['s_render_backward']:.3f}s model {row['s_model']:.3f}s"
                   f" share {row['render_share']:.0%}", flush=True)
+    write_report(args, "canvas_speed", "canvas-speed", rows, markdown, device)
+
+
+def write_report(args: argparse.Namespace, script: str, stem: str, rows: list[dict],
+                 markdown, device: torch.device) -> None:
+    """OUT.json and OUT.md (OUT: --out, else bench/results/STEM-DATE) with the device, the
+    command that reproduces the run and its rows; the table printed."""
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU ({platform.processor() or platform.machine()}, "
                  f"{torch.get_num_threads()} threads)")
-    out = Path(args.out or ROOT / "bench" / "results" /
-               f"canvas-speed-{datetime.date.today().isoformat()}")
-    command = "python bench/canvas_speed.py " + " ".join(
+    out = Path(args.out or ROOT / "bench" / "results" / f"{stem}-{datetime.date.today().isoformat()}")
+    command = f"python bench/{script}.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)
     write_text_atomic(out.with_suffix(".json"), json.dumps(
         {"device": name, "torch": torch.__version__, "command": command, "rows": rows},
@@ -170,7 +176,6 @@ def main() -> None:
     table = markdown(rows, command, name)
     write_text_atomic(out.with_suffix(".md"), table)
     print(table)
-
 
 if __name__ == "__main__":
     main()

@@ -15,23 +15,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from clipag.device import resolve_device
-from clipag.fileio import write_text_atomic
 from clipag.recipes import STYLE_RECIPES, style_recipe_config
 from clipag.style import style
 
-from canvas_speed import guide_for, sync
-
-ROOT = Path(__file__).resolve().parents[1]
+from canvas_speed import guide_for, sync, write_report
 
 
 def bench(model: str, recipe: str, side: int, steps: int, device: torch.device) -> dict:
@@ -85,20 +78,7 @@ def main() -> None:
             rows.append(row)
             print(f"{row['model']:28s} {recipe:10s} {row['s_step']:.3f} s/step, "
                   f"{row['s_image']:.0f} s/image", flush=True)
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU ({platform.processor() or platform.machine()}, "
-                 f"{torch.get_num_threads()} threads)")
-    out = Path(args.out or ROOT / "bench" / "results" /
-               f"style-speed-{datetime.date.today().isoformat()}")
-    command = "python bench/style_speed.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(
-        {"device": name, "torch": torch.__version__, "command": command, "rows": rows},
-        indent=2) + "\n")
-    table = markdown(rows, command, name)
-    write_text_atomic(out.with_suffix(".md"), table)
-    print(table)
-
+    write_report(args, "style_speed", "style-speed", rows, markdown, device)
 
 if __name__ == "__main__":
     main()

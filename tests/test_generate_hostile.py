@@ -19,21 +19,13 @@ from PIL import Image
 import clipag.batch
 from clipag.cli.main import cli
 from clipag.settings import JSONL_KEYS, SETTINGS
+from bad_input import one_error_line
 
 FAST = ["--steps", "2", "--views", "2", "--patch-views", "2", "--init", "noise", "-q"]
 
 
 def run(*args):
     return CliRunner().invoke(cli, ["generate", *[str(a) for a in args]])
-
-
-def one_error_line(result, *needles):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for needle in needles:
-        assert needle in lines[0], result.output
 
 
 def strict_json(path: Path):

@@ -27,6 +27,7 @@ from clipag.images import decode_image
 from clipag.init import GaussianMixture, fit
 from clipag.load import ModelSpec
 from clipag.train.robustify import TrainConfig, robustify
+from bad_input import one_error_line
 
 FAST = ["--steps", "2", "--views", "2", "--patch-views", "0", "--init-candidates", "4",
         "--device", "cpu", "-q"]
@@ -34,15 +35,6 @@ FAST = ["--steps", "2", "--views", "2", "--patch-views", "0", "--init-candidates
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_error_line(result, *needles):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for needle in needles:
-        assert needle in lines[0], result.output
 
 
 @pytest.fixture
