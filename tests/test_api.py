@@ -43,3 +43,15 @@ def test_a_16_bit_png_init_image_is_scaled_not_clipped(tmp_path):
     assert image.shape == (3, 32, 32)
     assert abs(image.mean().item() - 0.5) < 0.02  # a ramp: mean grey, not white (1.0)
     assert image.min() < 0.01 and image.max() > 0.99
+
+
+def test_style_is_callable_from_the_package(tiny_checkpoint):
+    import torch
+
+    guide = clipag.load_model(str(tiny_checkpoint))
+    config = clipag.style_recipe_config("clipag")
+    assert config.style == clipag.StyleConfig() and config.canvas.name == "pixels"
+    small = clipag.GenerateConfig(steps=2, views=clipag.ViewConfig(global_views=2, patch_views=0),
+                                  style=clipag.StyleConfig())
+    out = clipag.style(torch.rand(3, 20, 30), "a red painting", guide, small, [0])
+    assert out.images.shape == (1, 3, 20, 30) and out.records[0]["target"] == "a red painting"
