@@ -129,6 +129,8 @@ def style_cmd(images, target, source, output, outdir, samples, seed, spec, devic
             raise ClipagError("--save-net saves one network: give one content image and "
                               "--samples 1")
         check_writable(Path(save_net).parent)
+        if Path(save_net).exists() and not overwrite:
+            raise ClipagError(f"{save_net} exists; pass --overwrite to replace it")
     if preview:
         check_writable(Path(preview).parent)
     config.check()

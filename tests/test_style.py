@@ -234,6 +234,11 @@ def test_style_net_saved_and_applied_in_one_pass(tmp_path, tiny_checkpoint):
     expected = (forward(weights[None], x[None], 4)[0] * 255).round()
     got = torch.from_numpy(np.asarray(Image.open(written), np.float32)).permute(2, 0, 1)
     assert torch.equal(got, expected)
+    taken = run("style", content, "a blue painting", "-c", tiny_checkpoint, "--recipe",
+                "clipstyler", "--channels", 4, "--steps", 2, "-q", "-d", tmp_path / "o2",
+                "--save-net", net)
+    assert taken.exit_code == 2 and "--overwrite" in taken.output
+    assert not (tmp_path / "o2").exists()  # refused before any work
     wrong = run("style", other, "a red painting", "--net", net, "-d", tmp_path / "n")
     assert wrong.exit_code == 2 and "trained for 'a blue painting'" in wrong.output
     net.write_bytes(b"\x00" * 40)
