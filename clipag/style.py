@@ -39,7 +39,7 @@ class StyleConfig:
 
     content: str | None = None  # the content image's path (the API may pass a tensor instead)
     source: str = "a photo"  # the text the content image is, the start of the direction
-    metric: str = "guide"  # the content metric: "guide" (its own features) or "vgg"
+    metric: str = "guide"  # the content metric: "guide" (its tokens' self-similarity) or "vgg"
     content_weight: float = 1.0  # weight of the content distance in the loss
     floor: float = 0.7  # patch views whose directional distance is below it count as 0
     content_crops: int = 4  # windows compared at full resolution when the image is larger

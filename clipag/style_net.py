@@ -12,12 +12,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .batch import RunConfig, WriteError, write_outputs
-from .canvas.unet import forward, parameter_count
+from .canvas.unet import parameter_count
 from .device import resolve_device
 from .errors import ClipagError
 from .fileio import write_atomic
 from .output import companions, slug
-from .style import load_content
+from .style import apply_net
 
 FORMAT = "clipag-style-net"
 
@@ -87,14 +87,10 @@ def apply_saved_net(path: Path, contents: list[Path], target: str, run: RunConfi
         png = output or Path(run.outdir) / f"{slug(content.stem, 40)}-{slug(target)}-net.png"
         if not run.overwrite and any(p.exists() for p in companions(png)):
             raise ClipagError(f"{png} exists; pass --overwrite to replace it")
-        rgb, alpha = load_content(content, 4096)
-        with torch.no_grad():
-            image = forward(weights[None].to(dev), rgb[None].to(dev), channels)[0].cpu()
-        if alpha is not None:
-            image = torch.cat([image, alpha])
+        image = apply_net(weights, channels, content, 4096, dev)
         record = {"target": target, "source": meta.get("source"), "content": str(content),
-                  "net": str(path), "size": [rgb.shape[-1], rgb.shape[-2]],
-                  "alpha": alpha is not None, "settings": json.loads(meta.get("settings", "{}"))}
+                  "net": str(path), "size": [image.shape[-1], image.shape[-2]],
+                  "alpha": image.shape[0] == 4, "settings": json.loads(meta.get("settings", "{}"))}
         png.parent.mkdir(parents=True, exist_ok=True)
         try:
             write_outputs(png, image, record, {}, [])
