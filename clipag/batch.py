@@ -35,11 +35,12 @@ from .generate import (ANCHOR_SIDE, FLOW_ANCHOR, GenerateConfig, Generation, Ste
                        resolved, with_recommended)
 from .load import ModelSpec
 from .models import DEFAULT_PRESET, PRESETS, Guide
+from .images import probe_content
 from .output import (companions, image_format, read_sidecar, save_gif, save_image, save_sidecar,
                      save_video, slug)
 from .prompts import Job
 from .settings import SEED_MAX, SETTINGS, apply
-from .style import style
+from .style import content_size, style
 
 
 @dataclass(frozen=True)
@@ -245,15 +246,16 @@ def check_tasks(tasks: Sequence[Task], guide: Guide) -> None:
 def plan_style(contents: list[Path], target: str, config: GenerateConfig, run: RunConfig,
                model: dict[str, Any], output: Path | None = None) -> list[Task]:
     """Every restyled image to make: each content image x samples, named after the content
-    and the target (`NAME-TARGET-sSEED.png`). The content files are checked readable here."""
+    and the target (`NAME-TARGET-sSEED.png`). Each content file's header is checked here (a
+    missing, foreign, animated or tiny image is refused before any work)."""
     tasks = []
     if run.seed + run.samples - 1 > SEED_MAX:
         raise ClipagError(f"seeds {run.seed}..{run.seed + run.samples - 1} pass the largest "
                           f"seed {SEED_MAX}")
     stems = [c.stem for c in contents]
     for content in contents:
-        if not content.is_file():
-            raise ClipagError(f"content image not found: {content}")
+        # every content's header checked before the first image is made
+        probe_content(content, lambda h, w: content_size(h, w, config.style.max_side))
         cfg = dataclasses.replace(config, style=dataclasses.replace(config.style,
                                                                      content=str(content)))
         # two contents with one name (a/x.png, b/x.jpg) get their folder's name too

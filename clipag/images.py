@@ -63,6 +63,42 @@ def decode_image(data: bytes | str | Path, size: int) -> torch.Tensor | None:
         return None
 
 
+def _open_content(path: Path) -> Image.Image:
+    """The image file opened (its header read, no pixels yet); ClipagError where it is missing
+    or not an image."""
+    from .errors import ClipagError
+
+    if not path.is_file():
+        raise ClipagError(f"content image not found: {path}")
+    try:
+        return Image.open(path)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise ClipagError(f"cannot read {path} as an image: {exc}") from None
+
+
+def _content_header(image: Image.Image, path: Path, fit: Callable[[int, int], tuple[int, int]]
+                    ) -> tuple[int, int]:
+    """The size `fit` gives an opened still image, refusing animated and too small ones."""
+    from .errors import ClipagError
+
+    if getattr(image, "n_frames", 1) > 1:
+        raise ClipagError(f"{path} is animated ({image.n_frames} frames): style a still image "
+                          "(save the frame you want as a PNG)")
+    w, h = image.size
+    th, tw = fit(h, w)
+    if min(th, tw) < 8:
+        raise ClipagError(f"{path} is {w} x {h} pixels: style transfer needs at least 8 pixels "
+                          "on each side")
+    return th, tw
+
+
+def probe_content(path: Path, fit: Callable[[int, int], tuple[int, int]]) -> tuple[int, int]:
+    """What `read_content` would refuse from the file's header alone (missing, not an image,
+    animated, too small), without decoding pixels: (h, w) it would be styled at."""
+    with _open_content(path) as image:
+        return _content_header(image, path, fit)
+
+
 def read_content(path: Path, fit: Callable[[int, int], tuple[int, int]]
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A still image file as RGB (3, h, w) floats in [0, 1] and its alpha (1, h, w) or None,
@@ -71,18 +107,9 @@ def read_content(path: Path, fit: Callable[[int, int], tuple[int, int]]
     converted; a missing, unreadable, truncated or animated file is a ClipagError."""
     from .errors import ClipagError
 
-    if not path.is_file():
-        raise ClipagError(f"content image not found: {path}")
     try:
-        with Image.open(path) as image:
-            if getattr(image, "n_frames", 1) > 1:
-                raise ClipagError(f"{path} is animated ({image.n_frames} frames): style a still "
-                                  "image (save the frame you want as a PNG)")
-            w, h = image.size
-            th, tw = fit(h, w)
-            if min(th, tw) < 8:
-                raise ClipagError(f"{path} is {w} x {h} pixels: style transfer needs at least "
-                                  "8 pixels on each side")
+        with _open_content(path) as image:
+            th, tw = _content_header(image, path, fit)
             image.draft("RGB", (tw, th))  # a JPEG decodes at a reduced scale where it can
             image.load()
             alpha = None

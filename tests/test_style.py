@@ -346,3 +346,14 @@ def test_view_batches_give_the_same_style_run(tiny_guide):
                     dataclasses.replace(config, view_batch=3), [2])
     assert (whole.images - chunked.images).abs().max() < 1e-4
     assert abs(whole.records[0]["best_loss"] - chunked.records[0]["best_loss"]) < 1e-5
+
+
+def test_a_bad_image_among_several_is_refused_before_any_is_made(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image(folder / "a.png")
+    _animated(folder / "b.gif")
+    result = run("style", folder, "a red painting", "-c", tiny_checkpoint, "-d", tmp_path / "o",
+                 *FAST)
+    assert result.exit_code == 2 and "animated" in result.output
+    assert not (tmp_path / "o").exists()
