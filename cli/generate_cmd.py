@@ -233,18 +233,23 @@ def run_generation(prompt, prompts_file, negative, output, outdir, spec, device,
         if changed and not quiet:
             console.print("with its recommended settings: " + " ".join(
                 as_flag(k, v) for k, v in changed.items()))
-        if preset is not None and preset.name in WORLD_PRESETS:
-            texts = [t.prompt for t in todo] + [n for t in todo for n in t.negatives]
-            unknown = unknown_words(texts, world_vocabulary())
-            if unknown:
-                shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)"
-                                                   if len(unknown) > 10 else "")
-                click.echo(f"note: {preset.name} knows only its procedural world's words "
-                           f"(colours, shapes, sizes, positions, counts, digits), not: {shown}; "
-                           f"for real prompts use --model {REAL_PRESET}", err=True)
+        world_words_note(preset, [t.prompt for t in todo] + [n for t in todo for n in t.negatives])
 
     execute(tasks, spec, device, folder, run, quiet, preview, began,
             single=output_path is not None, notes=notes)
+
+
+def world_words_note(preset, texts: list[str]) -> None:
+    """Tell the user (stderr) which words of `texts` a world model does not know."""
+    if preset is None or preset.name not in WORLD_PRESETS:
+        return
+    unknown = unknown_words(texts, world_vocabulary())
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)"
+                                           if len(unknown) > 10 else "")
+        click.echo(f"note: {preset.name} knows only its procedural world's words (colours, "
+                   f"shapes, sizes, positions, counts, digits), not: {shown}; for real prompts "
+                   f"use --model {REAL_PRESET}", err=True)
 
 
 def execute(tasks, spec, device, folder: Path, run: RunConfig, quiet: bool, preview, began: float,

@@ -13,6 +13,7 @@ from clipag.batch import RunConfig, check_writable, model_identity, plan_style
 from clipag.device import resolve_device
 from clipag.errors import ClipagError
 from clipag.images import IMAGE_EXTS
+from clipag.load import preset_of
 from clipag.models import DEFAULT_PRESET, PRESETS
 from clipag.prompts import parse_prompt
 from clipag.recipes import STYLE_RECIPES, style_recipe_config
@@ -20,7 +21,7 @@ from clipag.settings import apply
 from clipag import style_net
 
 from .common import Command, console, model_options
-from .generate_cmd import execute
+from .generate_cmd import execute, world_words_note
 from .params import setting_option
 
 BASE = style_recipe_config("clipag")
@@ -141,6 +142,7 @@ def style_cmd(images, target, source, output, outdir, samples, seed, spec, devic
         if spec.model is None and spec.checkpoint is None and not quiet:
             console.print(f"using the embedded default model {DEFAULT_PRESET} "
                           f"({PRESETS[DEFAULT_PRESET].about}); pick another with --model")
+        world_words_note(preset_of(spec), [target, config.style.source])
 
     result = execute(tasks, spec, device, folder, run, quiet, preview, began,
                      single=output_path is not None, notes=notes)

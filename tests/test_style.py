@@ -357,3 +357,11 @@ def test_a_bad_image_among_several_is_refused_before_any_is_made(tmp_path, tiny_
                  *FAST)
     assert result.exit_code == 2 and "animated" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_style_on_the_world_model_names_the_words_it_does_not_know(tmp_path):
+    content = image(tmp_path / "a.png", (16, 16))
+    result = run("style", content, "a watercolor painting", "--steps", 1, "--views", 1, "-q",
+                 "-o", tmp_path / "w.png")
+    assert result.exit_code == 0, result.output
+    assert "not: watercolor, painting" in result.output and "--model clipag-vitb32" in result.output
