@@ -63,7 +63,8 @@ def content_files(paths: tuple[str, ...]) -> list[Path]:
                    "U-Net trained on the content, its settings as published; flags you give "
                    "apply over it")
 @setting_option("content", base=BASE,
-                help="content metric: guide (the guide's own features; offline) or vgg "
+                help="content metric: guide (the self-similarity of the guide's tokens; "
+                     "offline) or vgg "
                      "(torchvision's VGG19 weights, if already on disk)")
 @setting_option("content_weight", base=BASE, help="weight of the content distance")
 @setting_option("floor", base=BASE, help="patch views with a directional distance below it "
