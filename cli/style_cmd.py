@@ -86,6 +86,9 @@ def content_files(paths: tuple[str, ...]) -> list[Path]:
 @setting_option("tv", base=BASE, help="total-variation penalty (0 = off)")
 @setting_option("grad_clip", base=BASE, help="per-image gradient-norm clip (0 = off)")
 @setting_option("channels", base=BASE, help="clipstyler: the U-Net's channels at its top level")
+@setting_option("residual", base=BASE, show_default="on; off with --recipe clipstyler",
+                help="the U-Net adds to the content (its first render is the content) instead "
+                     "of drawing from a random start as CLIPStyler's does")
 @setting_option("save_every", base=BASE, help="keep a frame every N steps (GIF or --video)")
 @click.option("--video", is_flag=True, help="an MP4 (H.264) of the run beside each image")
 @click.option("--preview", type=click.Path(dir_okay=False),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 
 from .augment import ViewConfig
-from .canvas.config import CanvasConfig
+from .canvas.config import CanvasConfig, UNetConfig
 from .errors import ClipagError
 from .generate import GenerateConfig
 
@@ -63,7 +63,8 @@ def style_recipe_config(name: str) -> GenerateConfig:
                               style=StyleConfig())
     if name == "clipstyler":
         return GenerateConfig(steps=200, grad_clip=0.0, global_weight=500.0, patch_weight=9000.0,
-                              tv_weight=2e-3, keep="last", canvas=CanvasConfig(name="unet"),
+                              tv_weight=2e-3, keep="last",
+                              canvas=CanvasConfig(name="unet", unet=UNetConfig(residual=False)),
                               views=ViewConfig(global_views=1, patch_views=64,
                                                patch_fraction=128 / 512, style="clipstyler"),
                               style=StyleConfig(content_weight=150.0, floor=0.7, max_side=512))

@@ -103,6 +103,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     _s("levels", ["canvas", "pyramid", "levels"], "int", 1, 16),
     _s("decay", ["canvas", "fourier", "decay"], "real", 0, 4),
     _s("channels", ["canvas", "unet", "channels"], "int", 1, 256),
+    _s("residual", ["canvas", "unet", "residual"], "bool"),
     # style transfer (clipag.style.StyleConfig): `clipag style` only
     _s("source", ["style", "source"], "text"),
     _s("content", ["style", "metric"], "text"),

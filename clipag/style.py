@@ -211,12 +211,14 @@ def default_config() -> GenerateConfig:
 
 
 def apply_net(weights: torch.Tensor, channels: int, content: str | Path | torch.Tensor,
-              max_side: int = 2048, device: torch.device | str = "cpu") -> torch.Tensor:
+              max_side: int = 2048, device: torch.device | str = "cpu", residual: bool = True
+              ) -> torch.Tensor:
     """A trained style network (flat weights (P,), see clipag.canvas.unet) applied to a content
     image in one forward pass: (3 or 4, h, w) in [0, 1], its alpha carried through."""
     rgb, alpha = load_content(content, max_side)
     with torch.no_grad():
-        out = unet_forward(weights[None].to(device), rgb[None].to(device), channels)[0].cpu()
+        out = unet_forward(weights[None].to(device), rgb[None].to(device), channels,
+                           residual)[0].cpu()
     return torch.cat([out, alpha]) if alpha is not None else out
 
 

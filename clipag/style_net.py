@@ -30,7 +30,8 @@ def save_net(path: Path, result, overwrite: bool = False) -> Path:
     if path.exists() and not overwrite:
         raise ClipagError(f"{path} exists; pass --overwrite to replace it")
     record = result.records[0]
-    meta = {"format": FORMAT, "channels": str(canvas.channels), "target": record["target"],
+    meta = {"format": FORMAT, "channels": str(canvas.channels),
+            "residual": "true" if canvas.residual else "false", "target": record["target"],
             "source": record["source"], "model": json.dumps(record["model"]),
             "settings": json.dumps(record["settings"])}
     weights = canvas.state(0).contiguous()
@@ -56,6 +57,9 @@ def load_net(path: Path) -> tuple[torch.Tensor, int, dict[str, Any]]:
         raise ClipagError(f"{path} is not a readable safetensors file ({exc})") from None
     if meta.get("format") != FORMAT or set(tensors) != {"weights"}:
         raise ClipagError(f"{path} is not a clipag style network (saved by --save-net)")
+    if meta.get("residual", "false") not in ("true", "false"):
+        raise ClipagError(f"{path}: its residual field must be true or false, "
+                          f"got {meta['residual']!r}")
     try:
         channels = int(meta["channels"])
     except (KeyError, ValueError):
@@ -87,7 +91,8 @@ def apply_saved_net(path: Path, contents: list[Path], target: str, run: RunConfi
         png = output or Path(run.outdir) / f"{slug(content.stem, 40)}-{slug(target)}-net.png"
         if not run.overwrite and any(p.exists() for p in companions(png)):
             raise ClipagError(f"{png} exists; pass --overwrite to replace it")
-        image = apply_net(weights, channels, content, 4096, dev)
+        image = apply_net(weights, channels, content, 4096, dev,
+                          residual=meta.get("residual", "false") == "true")
         record = {"target": target, "source": meta.get("source"), "content": str(content),
                   "net": str(path), "size": [image.shape[-1], image.shape[-2]],
                   "alpha": image.shape[0] == 4, "settings": json.loads(meta.get("settings", "{}"))}

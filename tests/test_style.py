@@ -365,3 +365,23 @@ def test_style_on_the_world_model_names_the_words_it_does_not_know(tmp_path):
                  "-o", tmp_path / "w.png")
     assert result.exit_code == 0, result.output
     assert "not: watercolor, painting" in result.output and "--model clipag-vitb32" in result.output
+
+
+def test_a_residual_unet_starts_at_its_input_and_its_saved_net_keeps_that(tmp_path, tiny_checkpoint):
+    w = init_weights(4, torch.Generator().manual_seed(0), residual=True)[None]
+    x = torch.rand(1, 3, 13, 22) * 0.9 + 0.05
+    assert (forward(w, x, 4, residual=True) - x).abs().max() < 1e-5
+    assert (forward(w, x, 4) - x).abs().max() > 0.1  # the plain network draws its own image
+    content = image(tmp_path / "a.png", (24, 16))
+    net = tmp_path / "r.safetensors"
+    result = run("style", content, "a blue painting", "-c", tiny_checkpoint, "--recipe",
+                 "clipstyler", "--residual", "--channels", 4, "--patch-views", 2, "--steps", 1,
+                 "-q", "-d", tmp_path / "o", "--save-net", net)
+    assert result.exit_code == 0, result.output
+    weights, channels, meta = load_net(net)
+    assert meta["residual"] == "true"
+    assert run("style", content, "a blue painting", "--net", net, "-d", tmp_path / "n").exit_code == 0
+    got = np.asarray(Image.open(tmp_path / "n" / "a-a-blue-painting-net.png"), np.float32) / 255
+    x = torch.from_numpy(np.asarray(Image.open(content), np.float32) / 255).permute(2, 0, 1)
+    expected = forward(weights[None], x[None], 4, residual=True)[0].permute(1, 2, 0).numpy()
+    assert np.abs(got - expected).max() <= 1 / 255 + 1e-6

@@ -43,6 +43,9 @@ class UNetConfig:
     """A small U-Net rendering the image from the start (or content) image (CLIPStyler)."""
 
     channels: int = 16  # at the top level, doubling at each of the 3 levels down
+    # the network adds to the input's logits, its last layer starting at zero, so the first
+    # render is the input itself; False: CLIPStyler's plain network from a random start
+    residual: bool = True
 
 
 @dataclass(frozen=True)

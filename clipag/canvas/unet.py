@@ -1,8 +1,11 @@
 """A small U-Net that renders the image from an input image, the representation of CLIPStyler
 (Kwon & Ye 2022): the network's weights are the parameters, the input (the content image, or a
-start image) stays fixed. 3 levels down and 3 up with skip connections, `channels` at the top
-level doubling each level down, LeakyReLU, a sigmoid output. Sides need not be multiples of 8:
-the input is padded by reflection and the output cropped back.
+start image) stays fixed. By default residual: the network adds to the input's logits and its
+last layer starts at zero, so the first render is the input (CLIPStyler's plain network starts
+from a random image and needs VGG19's content loss to find the content again). 3 levels down
+and 3 up with skip connections, `channels` at the top level doubling each level down,
+LeakyReLU, a sigmoid output. Sides need not be multiples of 8: the input is padded by
+reflection and the output cropped back.
 
 Each image has its own network; all B are one flat tensor (B, P), run together as grouped
 convolutions, so the optimiser clips and keeps them image by image as any canvas. `forward`
@@ -36,19 +39,22 @@ def parameter_count(channels: int) -> int:
     return sum(o * i * k * k + o for _, i, o, k in layer_shapes(channels))
 
 
-def init_weights(channels: int, generator: torch.Generator) -> torch.Tensor:
+def init_weights(channels: int, generator: torch.Generator, residual: bool = False
+                 ) -> torch.Tensor:
     """One network's flat weights (P,): torch's default convolution start (uniform within
-    1 / sqrt(fan-in) for weights and biases)."""
+    1 / sqrt(fan-in) for weights and biases); with `residual` the last layer starts at zero."""
     parts = []
-    for _, i, o, k in layer_shapes(channels):
+    for name, i, o, k in layer_shapes(channels):
         bound = 1 / math.sqrt(i * k * k)
-        parts.append((torch.rand(o * i * k * k + o, generator=generator) * 2 - 1) * bound)
+        part = (torch.rand(o * i * k * k + o, generator=generator) * 2 - 1) * bound
+        parts.append(part * 0 if residual and name == "out" else part)
     return torch.cat(parts)
 
 
-def forward(weights: torch.Tensor, x: torch.Tensor, channels: int) -> torch.Tensor:
+def forward(weights: torch.Tensor, x: torch.Tensor, channels: int, residual: bool = False
+            ) -> torch.Tensor:
     """B networks' flat weights (B, P) applied to their inputs x (B, 3, H, W) in [0, 1]:
-    (B, 3, H, W) in (0, 1)."""
+    (B, 3, H, W) in (0, 1); `residual`: the output's logits are the input's plus the net's."""
     b, _, h, w = x.shape
     unit = 2 ** DEPTH
     ph, pw = -h % unit, -w % unit
@@ -83,29 +89,31 @@ def forward(weights: torch.Tensor, x: torch.Tensor, channels: int) -> torch.Tens
         y = torch.cat([skip.view(1, b, c, *skip.shape[-2:]), y.view(1, b, c, *y.shape[-2:])],
                       dim=2).view(1, b * 2 * c, *skip.shape[-2:])
         y = conv(y, next(shapes))
-    y = conv(y, next(shapes), act=False)
-    return torch.sigmoid(y.view(b, 3, h + ph, w + pw)[..., :h, :w])
+    y = conv(y, next(shapes), act=False).view(b, 3, h + ph, w + pw)[..., :h, :w]
+    if residual:
+        y = y + torch.logit(x.clamp(1e-3, 1 - 1e-3))
+    return torch.sigmoid(y)
 
 
 class UNet(Canvas):
     name = "unet"
 
     def __init__(self, inputs: torch.Tensor, weights: torch.Tensor, channels: int, lr: float,
-                 weight_decay: float = 0.0):
-        self.inputs, self.channels = inputs.detach(), channels
+                 weight_decay: float = 0.0, residual: bool = False):
+        self.inputs, self.channels, self.residual = inputs.detach(), channels, residual
         self.groups = [ParamGroup("net", weights.contiguous().requires_grad_(True), lr,
                                   weight_decay, schedule=((0.5, 0.5),))]
 
     @classmethod
     def create(cls, config, images: torch.Tensor, seeds, size: int, device=None) -> "UNet":
-        channels = config.canvas.unet.channels
-        weights = torch.stack([init_weights(channels, torch.Generator().manual_seed(s))
+        channels, residual = config.canvas.unet.channels, config.canvas.unet.residual
+        weights = torch.stack([init_weights(channels, torch.Generator().manual_seed(s), residual)
                                for s in seeds])
         return cls(images.to(device), weights.to(device), channels, config.learning_rate,
-                   config.weight_decay)
+                   config.weight_decay, residual)
 
     def render(self) -> torch.Tensor:
-        return forward(self.groups[0].tensor, self.inputs, self.channels)
+        return forward(self.groups[0].tensor, self.inputs, self.channels, self.residual)
 
     def state(self, b: int) -> torch.Tensor:
         """Image b's network: its flat weights (P,)."""
