@@ -26,6 +26,8 @@ from .fileio import write_atomic
 
 META_KEY = "clipag"
 FORMAT_VERSION = 1
+# the longest safetensors header read (safetensors' own limit): a longer claim is refused
+MAX_HEADER = 100_000_000
 
 
 def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor],
@@ -47,7 +49,9 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as fh:
             size = int.from_bytes(fh.read(8), "little")
-            if size <= 0 or size > 100_000_000:
+            # refused from the length alone, before a byte is allocated: a header longer
+            # than the file holds (or than any real one) is not read (`header_problem` says why)
+            if size <= 0 or size > min(MAX_HEADER, os.fstat(fh.fileno()).st_size - 8):
                 return None
             header = json.loads(fh.read(size))
     except (OSError, ValueError, UnicodeDecodeError):
@@ -96,6 +100,9 @@ def header_problem(path: str | os.PathLike) -> str | None:
             if len(head) < 9 or head[8:9] != b"{":
                 return (f"is not a safetensors file ({size} bytes): corrupt, truncated or "
                         "another format")
+            if length > MAX_HEADER and length <= size - 8:
+                return (f"is corrupt: its safetensors header claims {length} bytes, more than "
+                        f"any real one ({MAX_HEADER})")
             if length > size - 8:
                 return (f"is truncated: its safetensors header is {length} bytes long, but "
                         f"only {size - 8} follow its length (an interrupted download or copy?)")
@@ -107,6 +114,20 @@ def header_problem(path: str | os.PathLike) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return "is corrupt: its safetensors header is not valid JSON"
     return None
+
+
+def header_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]] | None:
+    """The name and shape of each tensor a safetensors file holds, read from its header alone
+    (nothing allocated for the weights); None where the header does not read."""
+    if header_problem(path) is not None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        return {key: tuple(int(n) for n in value["shape"]) for key, value in header.items()
+                if key != "__metadata__"}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 # clipag's own files by the kind their header records: what each is and the flag it goes to

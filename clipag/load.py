@@ -19,6 +19,7 @@ the user asked for them (`pretrained="none"`).
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +27,15 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import (check_compatible, file_kind, file_problem, is_torchscript_object,
-                         read_meta, read_object, save_checkpoint, unwrap, what_else)
+from .checkpoint import (check_compatible, file_kind, file_problem, header_shapes,
+                         is_torchscript_object, read_meta, read_object, save_checkpoint, unwrap, what_else)
 from .device import resolve_device
 from .ensemble import is_mix, load_mix
 from .errors import ClipagError
 from .hub import (cache_dir, check_digest, fetch, hub_files, record_digest, recorded_digest,
                   tag_source, tag_weights, url_filename)
 from .models import (ARCH_CONFIGS, ASSETS, DEFAULT_PRESET, OPENAI_MEAN, OPENAI_STD, PRESETS,
-                     Guide, Preset, _guide, activation, arch_config, build_model,
+                     Guide, Preset, _guide, activation, arch_config, build_model, check_arch,
                      model_from_config, tokenizer_for)
 
 
@@ -225,9 +226,42 @@ def load_clipag_file(path: Path) -> Guide:
     meta = read_meta(path)
     if meta is None or "arch" not in meta:
         raise ClipagError(f"{path} is not a clipag checkpoint")
-    model, tokenizer = build_model(meta["arch"])
+    arch = check_arch(meta["arch"], str(path))
+    name = meta.get("name", path.stem)
+    if not isinstance(name, str):
+        raise ClipagError(f"{path}: metadata field 'name' must be a string, got {name!r}"[:200])
+    _check_arch_fits(path, arch)
+    model, tokenizer = build_model(arch)
     _load_into(model, unwrap(read_object(path), path), str(path))
-    return _guide(model, tokenizer, meta.get("name", path.stem), meta)
+    return _guide(model, tokenizer, name, meta)
+
+
+def _check_arch_fits(path: Path, arch: str | dict[str, Any]) -> None:
+    """The model a file's 'arch' asks for, built without memory (the meta device), against the
+    tensors its header records: an architecture that does not build, or does not describe the
+    weights, is refused before a real model (perhaps far larger than the file) is allocated."""
+    try:
+        with torch.device("meta"):
+            own = model_from_config(arch_config(arch)).state_dict()
+    except ClipagError as exc:
+        raise ClipagError(f"{path}: metadata field 'arch': {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - open_clip raises many types for a bad config
+        raise ClipagError(f"{path}: metadata field 'arch' does not build a model "
+                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+    shapes = header_shapes(path)
+    if shapes is None:
+        return  # read_object says what is wrong with the file
+    if all(k.startswith("module.") for k in shapes):
+        shapes = {k[len("module."):]: v for k, v in shapes.items()}
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        shapes.pop(key, None)
+    numel = {k: math.prod(v) for k, v in shapes.items()}
+    bad = sorted(set(own) ^ set(shapes)) or sorted(
+        k for k in own if (numel[k] != own[k].numel() if k in ("logit_scale", "logit_bias")
+                           else tuple(own[k].shape) != shapes[k]))
+    if bad:
+        raise ClipagError(f"{path}: metadata field 'arch' does not describe its weights (first "
+                          f"difference: {bad[0]})")
 
 
 def _from_checkpoint(spec: ModelSpec, say) -> Guide:
@@ -237,7 +271,7 @@ def _from_checkpoint(spec: ModelSpec, say) -> Guide:
                           f"{spec.checkpoint}")
     meta = _guide_meta(path)
     if meta is not None and "arch" in meta:
-        _check_same_arch(path, meta["arch"], spec.model)
+        _check_same_arch(path, check_arch(meta["arch"], str(path)), spec.model)
         if spec.pretrained:
             raise ClipagError(f"{path} is a whole clipag model; drop --pretrained")
         return load_clipag_file(path)

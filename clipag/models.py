@@ -5,6 +5,7 @@ an architecture name or config, and the preset table. Loading weights is `clipag
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -215,6 +216,61 @@ def arch_config(arch: str | dict[str, Any]) -> dict[str, Any]:
         raise ClipagError(f"unknown model architecture {arch!r} (see `clipag models`, or "
                           "open_clip.list_models())")
     return config
+
+
+# the whole-number fields of an open_clip config that a clipag file's metadata 'arch' may
+# set, with their ranges (a list of them where open_clip takes one: a ResNet's layers, a
+# non-square image): checked like flags before anything is built
+CONFIG_RANGES: dict[str, dict[str, tuple[int, int]]] = {
+    "": {"embed_dim": (1, 16384)},
+    "vision_cfg": {"image_size": (1, 4096), "layers": (1, 256), "width": (1, 16384),
+                   "patch_size": (1, 1024), "head_width": (1, 16384)},
+    "text_cfg": {"context_length": (1, 4096), "vocab_size": (1, 1_000_000),
+                 "width": (1, 16384), "heads": (1, 1024), "layers": (1, 256)}}
+
+
+def _shown(value: Any) -> str:
+    try:
+        return json.dumps(value)[:60]
+    except (TypeError, ValueError):
+        return repr(value)[:60]
+
+
+def check_arch(arch: Any, source: str) -> str | dict[str, Any]:
+    """A file's recorded architecture (metadata 'arch': a name, or an open_clip config) checked
+    field by field against CONFIG_RANGES; a ClipagError naming `source` and the field otherwise."""
+    if isinstance(arch, str):
+        if not arch:
+            raise ClipagError(f"{source}: metadata field 'arch' is an empty name")
+        try:
+            arch_config(arch)
+        except ClipagError as exc:
+            raise ClipagError(f"{source}: metadata field 'arch': {exc}") from None
+        return arch
+    if not isinstance(arch, dict) or not arch:
+        raise ClipagError(f"{source}: metadata field 'arch' must be an architecture name or a "
+                          f"non-empty open_clip config, got {_shown(arch)}")
+    for part, ranges in CONFIG_RANGES.items():
+        where = arch.get(part, {}) if part else arch
+        if not isinstance(where, dict):
+            raise ClipagError(f"{source}: metadata field 'arch.{part}' must be a JSON object, got "
+                              f"{_shown(where)}")
+        for name, (low, high) in ranges.items():
+            if name not in where:
+                continue
+            value = where[name]
+            items = value if isinstance(value, list) and name in ("layers", "image_size") \
+                else [value]
+            if not items or not all(isinstance(v, int) and not isinstance(v, bool)
+                                    and low <= v <= high for v in items):
+                field = f"{part}.{name}" if part else name
+                raise ClipagError(f"{source}: metadata field 'arch.{field}' must be a whole "
+                                  f"number in {low}..{high}, got {_shown(value)}")
+    if "embed_dim" not in arch or "vision_cfg" not in arch or "text_cfg" not in arch:
+        lacking = next(k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in arch)
+        raise ClipagError(f"{source}: metadata field 'arch' (an open_clip config) lacks "
+                          f"{lacking!r}")
+    return arch
 
 
 def model_from_config(config: dict[str, Any]) -> torch.nn.Module:

@@ -33,16 +33,18 @@ At R = 16 or 32 the flow works on pixels directly; no VAE is needed.
 from __future__ import annotations
 
 import copy
+import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import (check_compatible, file_problem, load_state_dict, read_meta,
-                          save_checkpoint, what_else)
+from ..checkpoint import (check_compatible, file_problem, header_shapes, load_state_dict,
+                          read_meta, save_checkpoint, what_else)
 from ..errors import ClipagError
 from ..load import ModelSpec, load_spec
 from ..models import Guide
@@ -119,6 +121,51 @@ class FlowConfig:
     def condition_dim(self) -> int:
         """Size of the vector the velocity network reads besides x_t (0: none)."""
         return self.latent_numel if self.condition == "mean" else 0
+
+
+# the range of each whole-number field of a FlowConfig a file may hold (its string fields
+# are checked by `FlowConfig.validate` against their choices): a flow file's config is
+# checked field by field against these, like a flag, before anything is built
+FLOW_FIELD_RANGES = {
+    "text_dim": (1, 65536), "resolution": (4, 1024), "patch": (1, 256), "width": (1, 8192),
+    "depth": (1, 256), "heads": (1, 1024), "ve_hidden": (1, 65536), "embed_dim": (1, 65536),
+    "text_len": (0, 4096)}
+# the choices of each of its string fields
+FLOW_FIELD_CHOICES = {"contrast": CONTRASTS, "net": NETS, "text_input": TEXT_INPUTS,
+                      "condition": CONDITIONS}
+
+
+def flow_config_from(raw: Any, source: str) -> FlowConfig:
+    """The FlowConfig a file's metadata records, each field checked (type, range, choice);
+    a ClipagError naming `source` and the field otherwise."""
+    if not isinstance(raw, dict):
+        raise ClipagError(f"{source}: its CrossFlow config (metadata 'flow') must be a JSON "
+                          f"object, got {json.dumps(raw)[:60]}")
+    raw = {**LEGACY_CONFIG, **raw}
+    known = {f.name: f for f in fields(FlowConfig)}
+    for name, value in raw.items():
+        if name not in known:
+            raise ClipagError(f"{source}: its CrossFlow config has an unknown field {name!r}")
+        if name in FLOW_FIELD_RANGES:
+            low, high = FLOW_FIELD_RANGES[name]
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ClipagError(f"{source}: CrossFlow config field {name!r} must be a whole "
+                                  f"number in {low}..{high}, got {json.dumps(value)[:60]}")
+        elif name in FLOW_FIELD_CHOICES and value not in FLOW_FIELD_CHOICES[name]:
+            raise ClipagError(f"{source}: CrossFlow config field {name!r} must be "
+                              f"{' or '.join(FLOW_FIELD_CHOICES[name])}, got "
+                              f"{json.dumps(value)[:60]}")
+    missing = [name for name, f in known.items()
+               if name not in raw and f.default is MISSING]
+    if missing:
+        raise ClipagError(f"{source}: its CrossFlow config lacks the field {missing[0]!r}")
+    cfg = FlowConfig(**raw)
+    try:
+        cfg.validate()
+    except ClipagError as exc:
+        raise ClipagError(f"{source}: its CrossFlow config (metadata 'flow') does not hold "
+                          f"together: {str(exc).lstrip('-')}") from None
+    return cfg
 
 
 # width and depth when not given: a transformer's width and layers (FlowConfig's), a U-Net's
@@ -464,15 +511,45 @@ def load_flow(path, device: torch.device) -> tuple[CrossFlow, dict]:
         raise ClipagError(what_else(path, meta, "crossflow")
                           or f"{path} is not a clipag CrossFlow checkpoint (train one with "
                           "`clipag crossflow train`)")
-    try:
-        cfg = FlowConfig(**{**LEGACY_CONFIG, **meta["flow"]})
-    except TypeError as exc:
-        raise ClipagError(f"{path}: bad CrossFlow config ({exc})") from None
+    cfg = flow_config_from(meta["flow"], str(path))
+    check_meta_fields(meta, str(path))
+    check_shapes(path, cfg)
     model = CrossFlow(cfg)
     state = load_state_dict(path)
     check_compatible(model, state, str(path))
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.to(device).eval(), meta
+
+
+def check_meta_fields(meta: dict, source: str) -> None:
+    """The fields besides the config a flow file's metadata holds, checked like flags: the
+    text tower it was trained on and its probe of that tower."""
+    name = meta.get("text_model", "")
+    if not isinstance(name, str):
+        raise ClipagError(f"{source}: metadata field 'text_model' must be a model name or file, "
+                          f"got {json.dumps(name)[:60]}")
+    probe = meta.get("text_probe")
+    if probe is not None and not (
+            isinstance(probe, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                            and math.isfinite(x) for x in probe)):
+        raise ClipagError(f"{source}: metadata field 'text_probe' must be a list of finite "
+                          f"numbers, got {json.dumps(probe)[:60]}")
+
+
+def check_shapes(path: Path, cfg: FlowConfig) -> None:
+    """The weights the config asks for, built without memory (the meta device), against the
+    shapes the file's header records: a config that does not describe the file's weights is
+    refused before a real model, perhaps far larger than the file, is allocated."""
+    shapes = header_shapes(path)
+    if shapes is None:
+        return  # load_state_dict says what is wrong with the file
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in CrossFlow(cfg).state_dict().items()}
+    if wanted != shapes:
+        bad = sorted(set(wanted) ^ set(shapes)) or \
+            sorted(k for k in wanted if wanted[k] != shapes[k])
+        raise ClipagError(f"{path}: its CrossFlow config (metadata 'flow') does not describe "
+                          f"its weights (first difference: {bad[0]})")
 
 
 DEFAULT_FLOW = Path(__file__).parent.parent / "assets" / "world-crossflow.safetensors"
@@ -489,7 +566,7 @@ def draft_side(spec: str) -> int | None:
     says what is wrong with it)."""
     try:
         meta = read_meta(flow_path(spec))
-        side = FlowConfig(**{**LEGACY_CONFIG, **meta["flow"]}).resolution
+        side = flow_config_from(meta["flow"], spec).resolution
     except (ClipagError, TypeError, KeyError):
         return None
     return side if isinstance(side, int) and not isinstance(side, bool) else None
