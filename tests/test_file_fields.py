@@ -5,10 +5,12 @@ absurd length, end in one `error:` line naming the file and the field (exit 2, n
 traceback), and the loaders raise a ClipagError: never a traceback, never a huge allocation."""
 
 import json
+from dataclasses import fields
 
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import load_file, save_file
 
 from clipag.checkpoint import META_KEY, header_problem, read_meta
@@ -222,3 +224,58 @@ def test_an_absurd_header_length_is_refused_before_reading(tmp_path, flow, tiny_
             "mixture": ["generate", "a red circle", "-c", tiny_checkpoint, "--init", bad, "-d",
                         out, *FAST]}[kind]
     one_error_line(run(*args), str(bad))
+
+
+# --- any JSON value in any field: a ClipagError or a load, nothing else ----------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 40) | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8)
+    | st.sampled_from(["latent", "projection", "unet", "transformer", "pooled", "tokens",
+                       "mean", "none", "clipag-tiny"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                   max_size=3),
+    max_leaves=6)
+PROPERTY = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def loads_or_refuses(load):
+    try:
+        load()
+    except ClipagError:
+        pass
+
+
+@PROPERTY
+@given(field=st.sampled_from([f.name for f in fields(FlowConfig)] + ["flow", "text_model",
+                                                                    "text_probe", "kind"]),
+       value=JSON)
+def test_any_value_in_a_crossflow_field_loads_or_is_refused(tmp_path, flow, field, value):
+    within = None if field in ("flow", "text_model", "text_probe", "kind") else "flow"
+    bad = rewrite(flow, tmp_path / "any.safetensors", setter(field, value, within))
+    loads_or_refuses(lambda: load_flow(bad, torch.device("cpu")))
+
+
+@PROPERTY
+@given(field=st.sampled_from(["arch", "name", "embed_dim", "vision_cfg", "text_cfg",
+                              *(f"vision_cfg.{k}" for k in ("image_size", "layers", "width",
+                                                            "patch_size", "head_width",
+                                                            "mlp_ratio")),
+                              *(f"text_cfg.{k}" for k in ("context_length", "vocab_size",
+                                                          "width", "heads", "layers"))]),
+       value=JSON)
+def test_any_value_in_a_guide_field_loads_or_is_refused(tmp_path, tiny_checkpoint, field, value):
+    if field in ("arch", "name"):
+        change = setter(field, value)
+    else:
+        change = setter("arch", tiny_config(**{field: value}))
+    bad = rewrite(tiny_checkpoint, tmp_path / "any.safetensors", change)
+    loads_or_refuses(lambda: load_clipag_file(bad))
+
+
+@PROPERTY
+@given(field=st.sampled_from(["resolution", "kind"]), value=JSON)
+def test_any_value_in_a_mixture_field_loads_or_is_refused(tmp_path, mixture, field, value):
+    bad = rewrite(mixture, tmp_path / "any.safetensors", setter(field, value))
+    loads_or_refuses(lambda: GaussianMixture.load(bad))
