@@ -56,13 +56,18 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any] | None:
             header = json.loads(fh.read(size))
     except (OSError, ValueError, UnicodeDecodeError):
         return None
-    raw = header.get("__metadata__", {}).get(META_KEY) if isinstance(header, dict) else None
+    extra = header.get("__metadata__") if isinstance(header, dict) else None
+    raw = extra.get(META_KEY) if isinstance(extra, dict) else None
     if raw is None:
         return None
     try:
-        return json.loads(raw)
+        meta = json.loads(raw) if isinstance(raw, str) else None
     except ValueError as exc:
         raise ClipagError(f"{path}: clipag metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ClipagError(f"{path}: clipag metadata must be a JSON object, got "
+                          f"{str(raw)[:60]!r}")
+    return meta
 
 
 def file_problem(path: str | os.PathLike) -> str | None:

@@ -279,3 +279,40 @@ def test_any_value_in_a_guide_field_loads_or_is_refused(tmp_path, tiny_checkpoin
 def test_any_value_in_a_mixture_field_loads_or_is_refused(tmp_path, mixture, field, value):
     bad = rewrite(mixture, tmp_path / "any.safetensors", setter(field, value))
     loads_or_refuses(lambda: GaussianMixture.load(bad))
+
+
+def raw_file(path, header: dict, data: bytes = b"") -> None:
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+@pytest.mark.parametrize("document", ["[1]", "5", "null", '"crossflow"', "{", "[]"])
+@pytest.mark.parametrize("kind", ["flow", "guide", "mixture"])
+def test_clipag_metadata_that_is_not_an_object_is_refused(tmp_path, tiny_checkpoint, document,
+                                                          kind):
+    bad = tmp_path / "bad.safetensors"
+    raw_file(bad, {"__metadata__": {META_KEY: document},
+                   "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
+    with pytest.raises(ClipagError, match="clipag metadata"):
+        read_meta(bad)
+    out = tmp_path / "out"
+    args = {"flow": ["crossflow", "sample", "a red circle", "--flow", bad, "-d", out,
+                     "--device", "cpu"],
+            "guide": ["generate", "a red circle", "-c", bad, "-d", out, *FAST],
+            "mixture": ["generate", "a red circle", "-c", tiny_checkpoint, "--init", bad, "-d",
+                        out, *FAST]}[kind]
+    one_error_line(run(*args), str(bad), "clipag metadata")
+
+
+@pytest.mark.parametrize("extra", [[], 5, "x", None, {META_KEY: 5}, {META_KEY: None}])
+def test_an_odd_metadata_section_is_not_clipag_metadata(tmp_path, extra):
+    odd = tmp_path / "odd.safetensors"
+    raw_file(odd, {"__metadata__": extra,
+                   "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
+    if isinstance(extra, dict) and extra[META_KEY] is not None:
+        with pytest.raises(ClipagError, match="clipag metadata"):
+            read_meta(odd)
+    else:
+        assert read_meta(odd) is None
+    with pytest.raises(ClipagError, match=str(odd)):
+        load_flow(odd, torch.device("cpu"))
