@@ -253,6 +253,9 @@ def read_object(path: str | os.PathLike, trust: bool = False) -> Any:
         raise ClipagError(f"checkpoint is empty: {path}")
     kind = sniff(path)
     if kind == "safetensors":
+        problem = header_problem(path)  # an absurd header length: refused before reading
+        if problem is not None:
+            raise ClipagError(f"checkpoint {path} {problem}")
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:

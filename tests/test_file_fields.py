@@ -223,7 +223,7 @@ def test_an_absurd_header_length_is_refused_before_reading(tmp_path, flow, tiny_
             "guide": ["generate", "a red circle", "-c", bad, "-d", out, *FAST],
             "mixture": ["generate", "a red circle", "-c", tiny_checkpoint, "--init", bad, "-d",
                         out, *FAST]}[kind]
-    one_error_line(run(*args), str(bad))
+    one_error_line(run(*args), str(bad), "header")
 
 
 # --- any JSON value in any field: a ClipagError or a load, nothing else ----------------------
