@@ -255,7 +255,7 @@ def read_object(path: str | os.PathLike, trust: bool = False) -> Any:
     if kind == "safetensors":
         problem = header_problem(path)  # an absurd header length: refused before reading
         if problem is not None:
-            raise ClipagError(f"checkpoint {path} {problem}")
+            raise ClipagError(f"corrupt safetensors checkpoint {path}: it {problem}")
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:

@@ -255,13 +255,25 @@ def _check_arch_fits(path: Path, arch: str | dict[str, Any]) -> None:
         shapes = {k[len("module."):]: v for k, v in shapes.items()}
     for key in ("input_resolution", "context_length", "vocab_size"):
         shapes.pop(key, None)
-    numel = {k: math.prod(v) for k, v in shapes.items()}
-    bad = sorted(set(own) ^ set(shapes)) or sorted(
-        k for k in own if (numel[k] != own[k].numel() if k in ("logit_scale", "logit_bias")
-                           else tuple(own[k].shape) != shapes[k]))
-    if bad:
-        raise ClipagError(f"{path}: metadata field 'arch' does not describe its weights (first "
-                          f"difference: {bad[0]})")
+    for key in ("logit_scale", "logit_bias"):  # stored 0-d or 1-d: _load_into reshapes them
+        if key in shapes and key in own and math.prod(shapes[key]) == own[key].numel():
+            shapes[key] = tuple(own[key].shape)
+    try:
+        check_compatible(_Shapes(own), {k: torch.empty(v, device="meta")
+                                        for k, v in shapes.items()}, str(path))
+    except ClipagError as exc:
+        raise ClipagError(f"{exc} (the model its metadata field 'arch' describes)") from None
+
+
+class _Shapes(torch.nn.Module):
+    """A stand-in model whose state dict is `state` (for check_compatible)."""
+
+    def __init__(self, state):
+        super().__init__()
+        self._state = state
+
+    def state_dict(self, *args, **kwargs):
+        return self._state
 
 
 def _from_checkpoint(spec: ModelSpec, say) -> Guide:

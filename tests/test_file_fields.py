@@ -87,7 +87,7 @@ INCONSISTENT = [("resolution", 12), ("resolution", 16), ("depth", 2), ("heads", 
 @pytest.mark.parametrize("field, value", FLOW_FIELDS)
 def test_a_bad_crossflow_config_field_is_named(tmp_path, flow, tiny_checkpoint, field, value):
     bad = rewrite(flow, tmp_path / "bad.safetensors", setter(field, value, "flow"))
-    needle = "(metadata 'flow')" if (field, value) in INCONSISTENT else repr(field)
+    needle = "metadata field 'flow'" if (field, value) in INCONSISTENT else repr(field)
     with pytest.raises(ClipagError) as caught:
         load_flow(bad, torch.device("cpu"))
     assert str(bad) in str(caught.value) and needle in str(caught.value)

@@ -139,7 +139,7 @@ def flow_config_from(raw: Any, source: str) -> FlowConfig:
     """The FlowConfig a file's metadata records, each field checked (type, range, choice);
     a ClipagError naming `source` and the field otherwise."""
     if not isinstance(raw, dict):
-        raise ClipagError(f"{source}: its CrossFlow config (metadata 'flow') must be a JSON "
+        raise ClipagError(f"{source}: its CrossFlow config (metadata field 'flow') must be a JSON "
                           f"object, got {json.dumps(raw)[:60]}")
     raw = {**LEGACY_CONFIG, **raw}
     known = {f.name: f for f in fields(FlowConfig)}
@@ -163,7 +163,7 @@ def flow_config_from(raw: Any, source: str) -> FlowConfig:
     try:
         cfg.validate()
     except ClipagError as exc:
-        raise ClipagError(f"{source}: its CrossFlow config (metadata 'flow') does not hold "
+        raise ClipagError(f"{source}: its CrossFlow config (metadata field 'flow') does not hold "
                           f"together: {str(exc).lstrip('-')}") from None
     return cfg
 
@@ -544,12 +544,12 @@ def check_shapes(path: Path, cfg: FlowConfig) -> None:
     if shapes is None:
         return  # load_state_dict says what is wrong with the file
     with torch.device("meta"):
-        wanted = {k: tuple(v.shape) for k, v in CrossFlow(cfg).state_dict().items()}
-    if wanted != shapes:
-        bad = sorted(set(wanted) ^ set(shapes)) or \
-            sorted(k for k in wanted if wanted[k] != shapes[k])
-        raise ClipagError(f"{path}: its CrossFlow config (metadata 'flow') does not describe "
-                          f"its weights (first difference: {bad[0]})")
+        model = CrossFlow(cfg)
+    try:
+        check_compatible(model, {k: torch.empty(v, device="meta") for k, v in shapes.items()},
+                         str(path))
+    except ClipagError as exc:
+        raise ClipagError(f"{exc} (the model its metadata field 'flow' describes)") from None
 
 
 DEFAULT_FLOW = Path(__file__).parent.parent / "assets" / "world-crossflow.safetensors"
