@@ -200,16 +200,23 @@ def _names(text: str, option: str) -> list[str]:
 @click.option("--content-weight", type=Real(0, 1e6), default=None,
               help="[default: the style recipe's]")
 @click.option("--recipe", type=click.Choice(STYLE_RECIPES), default="clipag", show_default=True)
+@click.option("--canvas", type=click.Choice(("pixels", "unet")), default=None,
+              help="[default: the style recipe's]")
+@click.option("--lr", type=Real(0, low_open=True), default=None,
+              help="[default: the canvas's]")
+@click.option("--grad-clip", type=Real(0), default=None, help="[default: the style recipe's]")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="folder for style.md, style.json and style-grid.png")
 @click.option("--overwrite", is_flag=True, help="replace results already in --out")
 @click.option("--device", default="auto", show_default=True)
-def bench_style(guides, cases, seed, steps, content_weight, recipe, out, overwrite, device):
+def bench_style(guides, cases, seed, steps, content_weight, recipe, canvas, lr, grad_clip, out,
+                overwrite, device):
     """Style transfer in the world: world scenes restyled to change one colour, read by the
     analytic judge (target changed, other colour kept, object mask IoU)."""
     import sys
 
     from clipag.load import load_model
+    from clipag.generate import resolved
     from clipag.recipes import style_recipe_config
     from clipag.world.style_benchmark import run
 
@@ -220,6 +227,10 @@ def bench_style(guides, cases, seed, steps, content_weight, recipe, out, overwri
     if content_weight is not None:
         config = dataclasses.replace(config, style=dataclasses.replace(
             config.style, content_weight=content_weight))
+    if canvas is not None:
+        config = dataclasses.replace(config, canvas=dataclasses.replace(config.canvas, name=canvas))
+    changes = {k: v for k, v in (("lr", lr), ("grad_clip", grad_clip)) if v is not None}
+    config = resolved(dataclasses.replace(config, **changes))
     config.check()
     out = Path(out)
     if (out / "style.md").exists() and not overwrite:
