@@ -107,7 +107,8 @@ def test_a_crossflow_config_that_is_not_an_object_is_refused(tmp_path, flow, val
 
 
 @pytest.mark.parametrize("field, value", [
-    ("text_model", None), ("text_model", 5), ("text_model", ["a"]), ("text_probe", "abc"),
+    ("text_model", None), ("text_model", 5), ("text_model", ["a"]), ("text_model", ""),
+    ("text_model", DROP), ("text_probe", "abc"),
     ("text_probe", [1, "x"]), ("text_probe", {})])
 def test_a_bad_crossflow_metadata_field_is_named(tmp_path, flow, field, value):
     bad = rewrite(flow, tmp_path / "bad.safetensors", setter(field, value))
@@ -115,6 +116,18 @@ def test_a_bad_crossflow_metadata_field_is_named(tmp_path, flow, field, value):
         load_flow(bad, torch.device("cpu"))
     one_error_line(run("crossflow", "sample", "a red circle", "--flow", bad, "-d",
                        tmp_path / "out", "--device", "cpu"), str(bad), field)
+
+
+@pytest.mark.parametrize("text_model, needle", [
+    ("world-vanilla", "makes 64-d ones"), ("no-such-model", "no-such-model"),
+    ("/no/such/file.safetensors", "not found")])
+def test_a_text_model_that_does_not_fit_is_named(tmp_path, flow, text_model, needle):
+    def change(meta):
+        meta["text_model"] = text_model
+        del meta["text_probe"]
+    bad = rewrite(flow, tmp_path / "bad.safetensors", change)
+    one_error_line(run("crossflow", "sample", "a red circle", "--flow", bad, "-d",
+                       tmp_path / "out", "--device", "cpu"), "'text_model'", text_model, needle)
 
 
 def test_a_good_crossflow_file_still_loads(flow):

@@ -524,10 +524,10 @@ def load_flow(path, device: torch.device) -> tuple[CrossFlow, dict]:
 def check_meta_fields(meta: dict, source: str) -> None:
     """The fields besides the config a flow file's metadata holds, checked like flags: the
     text tower it was trained on and its probe of that tower."""
-    name = meta.get("text_model", "")
-    if not isinstance(name, str):
-        raise ClipagError(f"{source}: metadata field 'text_model' must be a model name or file, "
-                          f"got {json.dumps(name)[:60]}")
+    name = meta.get("text_model")
+    if not isinstance(name, str) or not name.strip():
+        raise ClipagError(f"{source}: metadata field 'text_model' must name the model (or file) "
+                          f"whose text tower it was trained on, got {json.dumps(name)[:60]}")
     probe = meta.get("text_probe")
     if probe is not None and not (
             isinstance(probe, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
@@ -582,10 +582,24 @@ def text_guide_for(meta: dict, device: torch.device, guide: Guide | None = None,
     if spec is None or (spec.model is None and spec.checkpoint is None):
         name = meta.get("text_model", "")
         spec = ModelSpec(checkpoint=name) if Path(name).suffix else ModelSpec(model=name)
-    text = load_spec(spec, device, quiet=True)
+        try:
+            text = load_spec(spec, device, quiet=True)
+        except ClipagError as exc:
+            raise ClipagError(f"the text model this CrossFlow names (its metadata field "
+                              f"'text_model': {name!r}) does not load: {exc}") from None
+    else:
+        text = load_spec(spec, device, quiet=True)
     if probe and not same_text_tower(probe, text.encode_texts):
         raise ClipagError(f"this CrossFlow was trained on the text tower of "
                           f"{meta.get('text_model')!r}; {text.name} has a different one")
+    cfg = meta.get("flow", {})
+    if cfg.get("text_input", "pooled") == "pooled":
+        with torch.no_grad():
+            dim = text.encode_texts([PROBE_TEXT]).shape[-1]
+        if dim != cfg.get("text_dim"):
+            raise ClipagError(f"this CrossFlow reads {cfg.get('text_dim')}-d text embeddings, but "
+                              f"{text.name} (its metadata field 'text_model': "
+                              f"{meta.get('text_model')!r}) makes {dim}-d ones")
     return text
 
 
