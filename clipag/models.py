@@ -242,10 +242,16 @@ def check_arch(arch: Any, source: str) -> str | dict[str, Any]:
     if isinstance(arch, str):
         if not arch:
             raise ClipagError(f"{source}: metadata field 'arch' is an empty name")
+        if arch.startswith("hf-hub:"):  # a file's architecture is read here, never fetched
+            raise ClipagError(f"{source}: metadata field 'arch' must name a local architecture "
+                              f"(`clipag models`, or open_clip.list_models()), got {arch!r}")
         try:
             arch_config(arch)
         except ClipagError as exc:
             raise ClipagError(f"{source}: metadata field 'arch': {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - open_clip's lookup of an odd name
+            raise ClipagError(f"{source}: metadata field 'arch' {arch[:60]!r} is not an "
+                              f"architecture ({type(exc).__name__})") from None
         return arch
     if not isinstance(arch, dict) or not arch:
         raise ClipagError(f"{source}: metadata field 'arch' must be an architecture name or a "

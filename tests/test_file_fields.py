@@ -162,7 +162,9 @@ def tiny_config(**changes):
     (tiny_config(**{"text_cfg.vocab_size": 10 ** 9}), "arch.text_cfg.vocab_size"),
     (tiny_config(**{"vision_cfg.bogus": 1}), "arch"),
     (tiny_config(**{"vision_cfg.width": 16384, "vision_cfg.layers": 256}), "arch"),
-    ({"embed_dim": 32}, "arch")])
+    ({"embed_dim": 32}, "arch"), ("hf-hub:org/repo", "hf-hub:org/repo"), ("ViT-B-32", "arch"),
+    (tiny_config(**{"text_cfg.hf_model_name": "bert-base-uncased"}), "arch"),
+    ({"embed_dim": 32, "vision_cfg": {}, "text_cfg": {}}, "arch")])
 def test_a_bad_guide_arch_is_named(tmp_path, tiny_checkpoint, arch, needle):
     bad = rewrite(tiny_checkpoint, tmp_path / "bad.safetensors", setter("arch", arch))
     with pytest.raises(ClipagError, match="arch") as caught:
