@@ -51,13 +51,14 @@ def setter(key, value, within=None):
 
 
 @pytest.fixture
-def flow(tmp_path, tiny_guide):
+def flow(tmp_path, tiny_guide, tiny_checkpoint):
     with torch.no_grad():
         dim = tiny_guide.encode_texts(["x"]).shape[-1]
     cfg = FlowConfig(text_dim=dim, resolution=8, patch=2, width=16, depth=1, heads=2,
                      ve_hidden=16, embed_dim=8)
     return save_flow(tmp_path / "flow.safetensors", CrossFlow(cfg),
-                     {"text_model": "clipag-tiny", "text_probe": text_probe(tiny_guide.encode_texts)})
+                     {"text_model": str(tiny_checkpoint),
+                      "text_probe": text_probe(tiny_guide.encode_texts)})
 
 
 @pytest.fixture
@@ -132,7 +133,14 @@ def test_a_text_model_that_does_not_fit_is_named(tmp_path, flow, text_model, nee
 
 def test_a_good_crossflow_file_still_loads(flow):
     model, meta = load_flow(flow, torch.device("cpu"))
-    assert model.cfg.resolution == 8 and meta["text_model"] == "clipag-tiny"
+    assert model.cfg.resolution == 8 and meta["text_model"].endswith("tiny.safetensors")
+
+
+def test_a_good_crossflow_file_still_samples(tmp_path, flow):
+    result = run("crossflow", "sample", "a red circle", "--flow", flow, "-d", tmp_path / "out",
+                 "--device", "cpu", "--steps", "1")
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "out").glob("*.png"))
 
 
 # --- guide checkpoints ------------------------------------------------------------------------
@@ -331,3 +339,18 @@ def test_an_odd_metadata_section_is_not_clipag_metadata(tmp_path, extra):
         assert read_meta(odd) is None
     with pytest.raises(ClipagError, match=str(odd)):
         load_flow(odd, torch.device("cpu"))
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from([f.name for f in fields(FlowConfig)] + ["text_model",
+                                                                    "text_probe"]),
+       value=JSON)
+def test_any_value_in_a_crossflow_field_samples_or_is_one_error_line(tmp_path, flow, field,
+                                                                     value):
+    within = None if field in ("text_model", "text_probe") else "flow"
+    bad = rewrite(flow, tmp_path / "any.safetensors", setter(field, value, within))
+    result = run("crossflow", "sample", "a red circle", "--flow", bad, "-d", tmp_path / "out",
+                 "--device", "cpu", "--steps", "1", "--overwrite")
+    if result.exit_code != 0:
+        one_error_line(result)
