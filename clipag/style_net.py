@@ -57,6 +57,12 @@ def load_net(path: Path) -> tuple[torch.Tensor, int, dict[str, Any]]:
         raise ClipagError(f"{path} is not a readable safetensors file ({exc})") from None
     if meta.get("format") != FORMAT or set(tensors) != {"weights"}:
         raise ClipagError(f"{path} is not a clipag style network (saved by --save-net)")
+    try:
+        settings = json.loads(meta.get("settings", "{}"))
+    except ValueError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise ClipagError(f"{path}: its settings field is not a JSON object")
     if meta.get("residual", "false") not in ("true", "false"):
         raise ClipagError(f"{path}: its residual field must be true or false, "
                           f"got {meta['residual']!r}")
@@ -95,7 +101,8 @@ def apply_saved_net(path: Path, contents: list[Path], target: str, run: RunConfi
                           residual=meta.get("residual", "false") == "true")
         record = {"target": target, "source": meta.get("source"), "content": str(content),
                   "net": str(path), "size": [image.shape[-1], image.shape[-2]],
-                  "alpha": image.shape[0] == 4, "settings": json.loads(meta.get("settings", "{}"))}
+                  "alpha": image.shape[0] == 4, "settings": json.loads(meta["settings"])
+                  if "settings" in meta else {}}
         png.parent.mkdir(parents=True, exist_ok=True)
         try:
             write_outputs(png, image, record, {}, [])

@@ -385,3 +385,19 @@ def test_a_residual_unet_starts_at_its_input_and_its_saved_net_keeps_that(tmp_pa
     x = torch.from_numpy(np.asarray(Image.open(content), np.float32) / 255).permute(2, 0, 1)
     expected = forward(weights[None], x[None], 4, residual=True)[0].permute(1, 2, 0).numpy()
     assert np.abs(got - expected).max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"channels": "2", "settings": "{bad"}, "settings field"),
+    ({"channels": "x"}, "channels field"),
+    ({"channels": "3"}, "do not make a U-Net"),
+    ({"channels": "2", "residual": "maybe"}, "residual field"),
+    ({"format": "other", "channels": "2"}, "not a clipag style network")])
+def test_a_bad_style_network_file_is_one_error(tmp_path, meta, message):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "n.safetensors"
+    save_file({"weights": torch.zeros(parameter_count(2))}, str(path),
+              metadata={"format": "clipag-style-net", **meta})
+    with pytest.raises(ClipagError, match=message):
+        load_net(path)
