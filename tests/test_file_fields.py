@@ -230,6 +230,15 @@ def test_a_bad_mixture_field_is_named(tmp_path, mixture, tiny_checkpoint, change
 
 # --- absurd header lengths --------------------------------------------------------------------
 
+def command_reading(kind: str, bad, out, guide) -> list:
+    """The command that reads a file of this kind: a flow, a guide or a mixture."""
+    return {"flow": ["crossflow", "sample", "a red circle", "--flow", bad, "-d", out,
+                     "--device", "cpu"],
+            "guide": ["generate", "a red circle", "-c", bad, "-d", out, *FAST],
+            "mixture": ["generate", "a red circle", "-c", guide, "--init", bad, "-d", out,
+                        *FAST]}[kind]
+
+
 @pytest.mark.parametrize("claim", [64 * 2 ** 30, 2 ** 64 - 1, 99_000_000, 10 ** 9])
 @pytest.mark.parametrize("kind", ["flow", "guide", "mixture"])
 def test_an_absurd_header_length_is_refused_before_reading(tmp_path, flow, tiny_checkpoint,
@@ -241,11 +250,7 @@ def test_an_absurd_header_length_is_refused_before_reading(tmp_path, flow, tiny_
     assert header_problem(bad) is not None
     assert read_meta(bad) is None
     out = tmp_path / "out"
-    args = {"flow": ["crossflow", "sample", "a red circle", "--flow", bad, "-d", out,
-                     "--device", "cpu"],
-            "guide": ["generate", "a red circle", "-c", bad, "-d", out, *FAST],
-            "mixture": ["generate", "a red circle", "-c", tiny_checkpoint, "--init", bad, "-d",
-                        out, *FAST]}[kind]
+    args = command_reading(kind, bad, out, tiny_checkpoint)
     one_error_line(run(*args), str(bad), "header")
 
 
@@ -319,11 +324,7 @@ def test_clipag_metadata_that_is_not_an_object_is_refused(tmp_path, tiny_checkpo
     with pytest.raises(ClipagError, match="clipag metadata"):
         read_meta(bad)
     out = tmp_path / "out"
-    args = {"flow": ["crossflow", "sample", "a red circle", "--flow", bad, "-d", out,
-                     "--device", "cpu"],
-            "guide": ["generate", "a red circle", "-c", bad, "-d", out, *FAST],
-            "mixture": ["generate", "a red circle", "-c", tiny_checkpoint, "--init", bad, "-d",
-                        out, *FAST]}[kind]
+    args = command_reading(kind, bad, out, tiny_checkpoint)
     one_error_line(run(*args), str(bad), "clipag metadata")
 
 
