@@ -315,9 +315,7 @@ def prepare(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gener
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     if len(seeds) != len(prompts):
         raise ClipagError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed each")
-    for seed in seeds:
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
-            raise ClipagError(f"--seed must be a whole number in [0, 2^63), got {seed!r}")
+    check_seeds(seeds)
     _real("negative_weight", negative_weight, ">= 0", lambda v: v >= 0)
     per_prompt = _negatives_per_prompt(negatives, len(prompts))
     parsed = [with_negatives(parse_prompt(p), n, negative_weight)
@@ -328,6 +326,12 @@ def prepare(prompts: Sequence[str], model: Guide, config: GenerateConfig = Gener
     source = init_source(config, model) if isinstance(source, str) else source
     images = initial_images(model, targets, config, size, seeds, source, parsed)
     return Start(size, seeds, per_prompt, parsed, targets, source, images)
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+            raise ClipagError(f"--seed must be a whole number in [0, 2^63), got {seed!r}")
 
 
 def _negatives_per_prompt(negatives: Sequence[Sequence[str]] | Sequence[str] | str,

@@ -21,11 +21,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .canvas import build
+from .canvas import CANVASES, build
 from .canvas.unet import forward as unet_forward
 from .content import CONTENT_METRICS, content_penalty
 from .errors import ClipagError
-from .generate import Generation, GenerateConfig, _finite, _jsonable, resolved
+from .generate import Generation, GenerateConfig, _finite, _jsonable, check_seeds, resolved
 from .images import read_content
 from .models import Guide
 from .optimise import StepInfo, optimise
@@ -59,6 +59,9 @@ def check_style(config: GenerateConfig) -> None:
     if config.scales:
         raise ClipagError("--scales (coarse-to-fine stages) do not apply to style transfer: the "
                           "image keeps its own size")
+    if not CANVASES[config.canvas.name].from_images:
+        raise ClipagError(f"the {config.canvas.name} canvas cannot start from the content image; "
+                          "style transfer uses pixels or unet")
 
 
 def content_size(h: int, w: int, max_side: int) -> tuple[int, int]:
@@ -126,9 +129,7 @@ def style(content: Content | Sequence[Content] | None, targets: str | Sequence[s
         targets = targets * len(seeds)
     if not targets or len(targets) != len(seeds):
         raise ClipagError(f"{len(seeds)} seeds for {len(targets)} targets: give one seed each")
-    for seed in seeds:
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
-            raise ClipagError(f"--seed must be a whole number in [0, 2^63), got {seed!r}")
+    check_seeds(seeds)
     s = config.style
     content = s.content if content is None else content
     if content is None:
